@@ -166,3 +166,22 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     assert [settings.lr_at(step, 8) for step in range(8)] == pytest.approx(expected)
     assert TrainingSettings(lr=1.0, warmup=0.25).lr_at(1, 8) == pytest.approx(2 / 3)
     assert TrainingSettings(epochs=3, queries_per_step=4).total_steps(10) == 9
+
+
+def test_check_backward_accepts_consistent_hooks_and_catches_a_skipped_chunk(task):
+    from pyterrier_pgrank.data import build_candidate_sets, collate
+    from pyterrier_pgrank.testing import check_backward
+
+    words, (train, train_qrels), _ = task
+    batch = collate(build_candidate_sets(train, train_qrels)[:3])
+    model = BagOfWordsRanker(words, chunk_size=5)
+    hook, finite_difference = check_backward(model, batch)
+    assert hook == pytest.approx(finite_difference, rel=1e-3)
+
+    # a backward that forgets the last chunk of candidates is caught
+    model.chunk_size = 4
+    original = model._score
+    model._score = lambda queries, texts, columns: original(queries, texts, columns) * (columns.start < 8)
+    model._pgrank_scores = lambda batch: original(batch.queries, batch.texts, slice(0, batch.mask.shape[1])).detach()
+    hook, finite_difference = check_backward(model, batch)
+    assert abs(hook - finite_difference) > 0.1 * abs(finite_difference), (hook, finite_difference)
