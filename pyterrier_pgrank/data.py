@@ -92,8 +92,8 @@ class CandidateBatch:
     def to(self, device: torch.device | str) -> CandidateBatch:
         """Returns a copy whose tensors live on ``device`` (the lists are shared)."""
         return CandidateBatch(
-            self.qids, self.queries, self.docnos, self.texts, self.labels.to(device),
-            self.mask.to(device), self.n_relevant.to(device),
+            self.qids, self.queries, self.docnos, self.texts, self.labels.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True), self.n_relevant.to(device, non_blocking=True),
         )
 
     def select(self, rows: Sequence[int]) -> CandidateBatch:

@@ -118,12 +118,15 @@ def init_distributed(device: torch.device, mode: str = "auto") -> Distributed:
             f"{missing} are missing. Launch with e.g. `torchrun --nproc_per_node=2 train.py`"
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda" and device.index not in (None, local_rank):
+    index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+    if device.type == "cuda" and index != local_rank:
         raise RuntimeError(
             f"rank with LOCAL_RANK={local_rank} has its model on {device}; create the model with "
             f"device=f'cuda:{{LOCAL_RANK}}' so that each process uses its own GPU"
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(index)
     dist.init_process_group(backend=backend)
     logger.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
     return Distributed(dist.get_rank(), dist.get_world_size())

@@ -18,10 +18,10 @@ class TrainingHistory:
     """What happened during :meth:`Trainer.fit`, as plain JSON-able values.
 
     Attributes:
-        measure: Name of the validation measure (e.g. ``'nDCG@10'``), or ``None`` without validation.
+        measure: Name of the utility, which validation measures too (e.g. ``'nDCG@10'``).
         train: One record per log line: ``step``, ``epoch``, ``lr``, ``loss`` (mean since the previous
             line) and ``utility`` (mean utility of the sampled rankings since the previous line).
-        valid: One record per validation: ``step`` and ``score``.
+        valid: One record per validation: ``step`` and ``score`` (on the process of rank 0 only).
         best_step: Step whose weights were kept (``None`` without validation: the last step).
         best_score: Validation score at ``best_step``.
         stopped_early: Whether training stopped because validation stopped improving.

@@ -37,6 +37,7 @@ from pyterrier_pgrank.data import CandidateBatch, CandidateSet, build_candidate_
 from pyterrier_pgrank.distributed import init_distributed
 from pyterrier_pgrank.history import TrainingHistory
 from pyterrier_pgrank.settings import TRAJECTORY_FIELDS, TrainingSettings
+from pyterrier_pgrank.utilities import parse_utility
 from pyterrier_pgrank.validation import Validator
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Trainer:
         self.model._pgrank_prepare(list(train_sets), list(valid_sets) if valid_sets else None, s)
 
         # start: resume from the newest checkpoint, or validate the initial model
-        self.history = TrainingHistory(measure=validator.name if validator else None)
+        self.history = TrainingHistory(measure=parse_utility(s.utility).name)
         self.best: dict[str, Any] = {"step": None, "score": -math.inf, "state": None, "bad_evals": 0}
         self._pending: list[torch.Tensor] = []  # [2] loss and mean utility of each step since the last log
         step = self._resume() if s.resume else 0
@@ -240,8 +241,8 @@ class Trainer:
         self.history.train.append({"step": step, "epoch": epoch, "lr": lr, "loss": loss, "utility": utility})
         self._bar.update(loss=loss, utility=utility)
         pbar.set_postfix(self._bar)
-        logger.info("step %d: loss %.4f, sampled %s %.4f, lr %.3g", step, loss, self.history.measure or "utility",
-                    utility, lr)
+        if self.dist.is_main:
+            logger.info("step %d: loss %.4f, sampled %s %.4f, lr %.3g", step, loss, self.history.measure, utility, lr)
 
     def _validate(self, validator: Validator, step: int) -> bool:
         """Validates, keeps the weights when they are the best so far; returns whether to stop early."""
