@@ -11,31 +11,34 @@ from pgrank_toy import BagOfWordsRanker, toy_task
 from safetensors.torch import load_file, save_file
 
 from pyterrier_pgrank.distributed import Distributed, init_distributed
+from pyterrier_pgrank.training import Trainer
 
-# an uneven split of the global batch (3 + 2 queries), validation on rank 0, checkpoints every 2 steps
+# 11 training queries in batches of 5, 5, 1, 5: queries split 3 + 2 between the processes, and in step 2 one
+# process has none; validation on rank 0, checkpoints every 2 steps
 SETTINGS = dict(lr=0.3, queries_per_step=5, max_steps=4, eval_every=2, checkpoint_every=2, warmup=1)
+N_TRAIN = 11
+
+
+def _dies_at_step_2(original):
+    def train_step(self, batch, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+    return train_step
 
 
 def _worker(rank: int, world_size: int, port: int, folder: str) -> None:
-    """One process of a ``torchrun``-like launch: a straight run, then a run killed during step 3."""
+    """One process of a ``torchrun``-like launch: a straight run, then a run killed during step 2 (0-based)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    words, (train, train_qrels), (valid, valid_qrels) = toy_task(n_words=8)
+    words, (train, train_qrels), (valid, valid_qrels) = toy_task(n_train=N_TRAIN, n_words=8)
     model = BagOfWordsRanker(words, checkpoint_dir=f"{folder}/straight", **SETTINGS)
     model.fit(train, train_qrels, valid, valid_qrels)
     save_file(model.net.state_dict(), f"{folder}/rank{rank}.safetensors")
 
     killed = BagOfWordsRanker(words, checkpoint_dir=f"{folder}/killed", **SETTINGS)
-    original, calls = killed._pgrank_backward, []
-
-    def dies_at_step_3(batch, doc_weights):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        original(batch, doc_weights)
-
-    killed._pgrank_backward = dies_at_step_3
+    Trainer._train_step = _dies_at_step_2(Trainer._train_step)  # every process stops at the same step
     try:
         killed.fit(train, train_qrels, valid, valid_qrels)
     except KeyboardInterrupt:
@@ -53,7 +56,7 @@ def _free_port() -> int:
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.set_num_threads(1)
-    words, (train, train_qrels), (valid, valid_qrels) = toy_task(n_words=8)
+    words, (train, train_qrels), (valid, valid_qrels) = toy_task(n_train=N_TRAIN, n_words=8)
     single = BagOfWordsRanker(words, checkpoint_dir=str(tmp_path / "single"), **SETTINGS)
     single.fit(train, train_qrels, valid, valid_qrels)
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
@@ -62,7 +65,7 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path):
         torch.testing.assert_close(ranks[0][name], value, rtol=1e-5, atol=1e-6)
         assert not torch.equal(value, BagOfWordsRanker(words).net.state_dict()[name])  # it did train
 
-    # the 2-process run killed during step 3 resumes in one process and reaches the same model
+    # the 2-process run killed during step 2 resumes in one process and reaches the same model
     assert (tmp_path / "killed" / "latest").read_text() == "step-00000002"
     resumed = BagOfWordsRanker(words, checkpoint_dir=str(tmp_path / "killed"), resume=True, **SETTINGS)
     resumed.fit(train, train_qrels, valid, valid_qrels)
