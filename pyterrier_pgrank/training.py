@@ -148,6 +148,7 @@ class Trainer:
         stop = self.history.stopped_early
         pbar = pt.tqdm(total=total, initial=step, desc="pgrank", unit="step", disable=not self.verbose)
         self._bar: dict[str, float] = {}
+        was_training = self.module.training
         self.module.train()
 
         while step < total and not stop:
@@ -180,7 +181,8 @@ class Trainer:
                 self._checkpoint(step)
         pbar.close()
 
-        # stop: restore the best weights everywhere and write the history
+        # stop: restore the best weights everywhere, the module's mode, and write the history
+        self.module.train(was_training)
         self._restore_best(step)
         dist.broadcast_module(self.module)
         if s.checkpoint_dir and dist.is_main:

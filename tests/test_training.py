@@ -44,7 +44,9 @@ def test_fit_raises_heldout_ndcg(task):
     words, (train, train_qrels), (test, test_qrels) = task
     model = BagOfWordsRanker(words, lr=0.3, queries_per_step=8, epochs=5, warmup=0.0)
     before = _heldout_ndcg(model, test, test_qrels)
+    model.net.eval()
     model.fit(train, train_qrels)
+    assert not model.net.training  # left in the mode it was in
     after = _heldout_ndcg(model, test, test_qrels)
     assert after > before + 0.15, (before, after)
     assert model.prepared == 1 and len(model.training_history.train) == 3  # 25 steps, a log line every 10
@@ -56,7 +58,7 @@ def test_fit_in_pipeline_trains_on_first_stage_output(task):
     first_stage = pt.apply.generic(lambda topics: topics[["qid"]].merge(both, on="qid"))
     topics = train[["qid", "query"]].drop_duplicates()
     valid_topics = valid[["qid", "query"]].drop_duplicates()
-    model = BagOfWordsRanker(words, lr=0.3, max_steps=3, eval_every=3, queries_per_step=4)
+    model = BagOfWordsRanker(words, lr=0.3, max_steps=3, eval_every=3, queries_per_step=4, precision="bf16")
     (first_stage >> model).fit(topics, train_qrels, valid_topics, valid_qrels)
     assert [r["step"] for r in model.training_history.valid] == [0, 3]
     with pytest.raises(ValueError, match="no candidate documents"):
