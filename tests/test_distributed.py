@@ -54,7 +54,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # forked processes inherit the imported modules, which spares each one a slow import of torch and PyTerrier
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     torch.set_num_threads(1)
     words, (train, train_qrels), (valid, valid_qrels) = toy_task(n_train=N_TRAIN, n_words=8)
     single = BagOfWordsRanker(words, checkpoint_dir=str(tmp_path / "single"), **SETTINGS)
