@@ -21,6 +21,7 @@ Input checks, and what each one does:
 - queries that have no relevant candidate: dropped from training with a warning giving the count (every
   ranking of them has the same utility, so they give no gradient); kept for validation, where they
   count as zeros as they would in ``pt.Experiment``.
+- queries in the qrels without any candidate: left out, with a logged warning giving the count.
 - judged-relevant documents the first stage missed are still counted in ``n_relevant``.
 - an empty result after all this: ``ValueError``.
 """
@@ -252,8 +253,8 @@ def build_candidate_sets(
     n_relevant = relevant.groupby("qid").size()
     missing = set(qrels["qid"]) - set(res["qid"])
     if missing:
-        logger.info("%d of the %d queries in the qrels have no candidates in the %s", len(missing),
-                    qrels["qid"].nunique(), what)
+        logger.warning("%d of the %d queries in the qrels have no candidates in the %s; they are left out",
+                       len(missing), qrels["qid"].nunique(), what)
 
     # group into candidate sets
     has_text = "text" in merged.columns

@@ -142,3 +142,9 @@ def test_collate_pads_and_select_trims(res, qrels):
     assert picked.qids == ["q3", "q2"] and picked.labels.shape == (2, 2)
     assert torch.equal(picked.mask, torch.tensor([[True, False], [True, True]]))
     assert picked.texts == [["v"], ["u", "x"]] and picked.to("cpu").n_relevant.tolist() == [0.0, 1.0]
+
+
+def test_build_candidate_sets_logs_queries_without_candidates(res, qrels, caplog):
+    with caplog.at_level("WARNING", logger="pyterrier_pgrank.data"):
+        build_candidate_sets(res, qrels, drop_unlearnable=False)
+    assert "1 of the 4 queries in the qrels have no candidates" in caplog.text  # q4
