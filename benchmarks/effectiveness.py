@@ -1,0 +1,199 @@
+"""Ranking quality of PG-Rank fine-tuning against BM25, zero-shot MiniLM and the contrastive recipe.
+
+One run trains the selected systems on the training topics (hyperparameters chosen on a dev split carved
+from them), then evaluates every system with ``pt.Experiment`` on the evaluation topics, with paired
+t-tests against BM25 (Holm-corrected), and, evaluation only, on out-of-domain collections.
+
+Systems (``--systems``): ``bm25``; ``zeroshot`` (all-MiniLM-L6-v2 re-ranking BM25 and as a dense
+retriever); ``mnrl`` (sentence-transformers ``MultipleNegativesRankingLoss`` with in-batch and BM25 hard
+negatives from the same candidate sets, same epochs); ``pg-<towers>-<estimator>`` for towers ``query`` /
+``both`` and estimators ``plrank`` / ``reinforce``; ``pg-query-plrank-rr10`` (trained for RR@10);
+``ce-pgrank`` and ``ce-pointwise`` (cross-encoders from the MiniLM body, re-ranking BM25's top
+``--ce-depth``).
+
+Bi-encoders are evaluated from stored vectors: each distinct document is encoded once per document
+tower into a ``FlexIndex`` (query-tower-only models share the zero-shot index, since their document tower
+is the untouched MiniLM), which serves both BM25 re-ranking (``index.scorer()``) and dense retrieval.
+
+Example: ``python benchmarks/effectiveness.py --systems bm25 zeroshot pg-query-plrank``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import _baselines as baselines
+import _common as common
+import pandas as pd
+import pyterrier as pt
+
+logger = logging.getLogger("effectiveness")
+SYSTEMS = ("bm25", "zeroshot", "mnrl", "pg-query-plrank", "pg-query-reinforce", "pg-both-plrank",
+           "pg-both-reinforce", "pg-query-plrank-rr10", "ce-pgrank", "ce-pointwise")
+
+
+def measures():
+    from ir_measures import AP, RR, R, nDCG
+
+    return [nDCG @ 10, RR @ 10, R @ 100, AP]
+
+
+class Collections:
+    """The collections of a run, each with its BM25 retriever, text loader and per-model document indexes."""
+
+    def __init__(self, args):
+        from pyterrier_pgrank.experiments import load_dataset
+
+        self.args = args
+        self.datasets = {name: load_dataset(name) for name in dict.fromkeys([args.train, args.eval, *args.ood])}
+        self._indexes: dict[tuple[str, str], object] = {}
+
+    def bm25(self, name: str, depth: int | None = None) -> pt.Transformer:
+        return self.datasets[name].bm25(depth or self.args.depth)
+
+    def text(self, name: str) -> pt.Transformer:
+        return self.datasets[name].text_loader()
+
+    def index(self, doc_key: str, encoder, name: str):
+        """The ``FlexIndex`` of collection ``name`` by the document tower ``doc_key`` (built once per run).
+
+        ``'zeroshot'`` is MiniLM itself, whose indexes persist in the cache folder across runs; any other
+        key names a model trained in this run, whose indexes are rebuilt.
+        """
+        dataset = self.datasets[name]
+        key = (doc_key, dataset.corpus_id)
+        if key not in self._indexes:
+            if doc_key == "zeroshot":
+                _, index = common.zero_shot_index(common.minilm_path(), dataset, batch_size=self.args.batch_size,
+                                                  max_length=self.args.max_length)
+            else:
+                path = self.args.work / "indexes" / f"{doc_key}-{common.safe_name(dataset.corpus_id)}"
+                index = common.corpus_index(encoder, dataset, path, reuse=False)
+            self._indexes[key] = index
+        return self._indexes[key]
+
+
+def biencoder_pipelines(label: str, encoder, doc_key: str, collections: Collections, name: str) -> dict:
+    """BM25 re-ranked from a bi-encoder's stored vectors, and dense retrieval, on collection ``name``."""
+    index = collections.index(doc_key, encoder, name)
+    query_encoder = encoder.query_encoder()
+    return {f"BM25 >> {label}": collections.bm25(name) >> query_encoder >> index.scorer(),
+            f"{label} dense": query_encoder >> index.retriever(num_results=collections.args.depth)}
+
+
+def train_systems(args, data: dict, collections: Collections) -> tuple[list, dict, dict]:
+    """Trains the selected systems; returns bi-encoders ``(label, model, doc_key)``, cross-encoders, report."""
+    from pyterrier_dr import SBertBiEncoder
+
+    biencoders, cross, report = [], {}, {"train_seconds": {}, "training": {}}
+    for system in args.systems:
+        if system in ("bm25", "zeroshot"):
+            continue
+        start = time.perf_counter()
+        if system == "mnrl":
+            path, info = baselines.train_mnrl(args, data)
+            model = SBertBiEncoder(path, batch_size=args.batch_size)
+            model.model.max_seq_length = args.max_length
+            biencoders.append(("MiniLM MNRL", model, system))
+        elif system.startswith("ce-"):
+            cross[f"MiniLM {system}"], info = baselines.train_cross_encoder(args, system, data)
+        else:
+            zero_shot = collections.index("zeroshot", None, args.train)
+            model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
+            biencoders.append((f"MiniLM {system}", model, "zeroshot" if model.train_towers == "query" else system))
+        report["train_seconds"][system] = time.perf_counter() - start  # the learning-rate sweep included
+        report["training"][system] = info
+    return biencoders, cross, report
+
+
+def run(args) -> dict:
+    from pyterrier_dr import SBertBiEncoder
+
+    from pyterrier_pgrank.experiments import split_topics
+
+    # data: train/dev topics from the training collection, BM25 candidates with text
+    collections = Collections(args)
+    train_ds = collections.datasets[args.train]
+    train_topics, dev_topics = split_topics(train_ds.topics, args.dev_fraction, seed=args.seed)
+    train_topics = train_topics.head(args.max_train_queries) if args.max_train_queries else train_topics
+    dev_topics = dev_topics.head(args.max_dev_queries) if args.max_dev_queries else dev_topics
+    candidates = collections.bm25(args.train) >> collections.text(args.train)
+    data = {"train": candidates(train_topics), "dev": candidates(dev_topics), "qrels": train_ds.qrels}
+    logger.info("train %d topics, dev %d topics", len(train_topics), len(dev_topics))
+    biencoders, cross, report = train_systems(args, data, collections)
+    zeroshot = SBertBiEncoder(common.minilm_path(), batch_size=args.batch_size)
+    zeroshot.model.max_seq_length = args.max_length
+
+    # evaluate every system on the evaluation collection, then out of domain
+    for name in [args.eval, *args.ood]:
+        dataset = collections.datasets[name]
+        pipelines = {"BM25": collections.bm25(name)}
+        if "zeroshot" in args.systems:
+            pipelines.update(biencoder_pipelines("MiniLM zero-shot", zeroshot, "zeroshot", collections, name))
+        for label, model, doc_key in biencoders:
+            pipelines.update(biencoder_pipelines(label, model, doc_key, collections, name))
+        for label, model in cross.items():
+            pipelines[f"BM25 >> {label}"] = collections.bm25(name, args.ce_depth) >> collections.text(name) >> model
+        start = time.perf_counter()
+        table = pt.Experiment(list(pipelines.values()), dataset.topics, dataset.qrels, measures(),
+                              names=list(pipelines), baseline=0, correction="holm", round=4)
+        report.setdefault("eval_seconds", {})[name] = time.perf_counter() - start
+        report.setdefault("results", {})[name] = table.to_dict(orient="records")
+        print(f"\n## {name} ({len(dataset.topics)} topics)\n\n{markdown(table)}", flush=True)
+        common.write_json(args.out, {"machine": common.machine(), "settings": vars(args), **report})
+    return report
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pt.Experiment frame as a Markdown table; ``*`` marks a significant difference from BM25 (Holm)."""
+    measures_ = [str(m) for m in measures() if str(m) in table.columns]
+    lines = ["| system | " + " | ".join(measures_) + " |", "|---" * (len(measures_) + 1) + "|"]
+    for _, row in table.iterrows():
+        cells = [f"{row[m]:.4f}" + ("*" if bool(row.get(f"{m} reject", False)) else "") for m in measures_]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", default="irds:beir/scifact/train")
+    parser.add_argument("--eval", default="irds:beir/scifact/test")
+    parser.add_argument("--ood", nargs="*", default=["irds:vaswani", "irds:cranfield"])
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--dev-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--depth", type=int, default=100, help="BM25 candidates for training and re-ranking")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=1, help="the same for every trained system")
+    parser.add_argument("--queries-per-step", type=int, default=8, help="queries per update (MNRL batch size)")
+    parser.add_argument("--n-samples", type=int, default=32)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 1e-4],
+                        help="PG-Rank learning rates tried; the best on the dev split is kept")
+    parser.add_argument("--eval-every", type=int, default=20, help="PG-Rank dev validations every so many steps")
+    parser.add_argument("--mnrl-lr", type=float, default=2e-5)
+    parser.add_argument("--mnrl-negatives", type=int, default=3, help="BM25 hard negatives per query for MNRL")
+    parser.add_argument("--both-depth", type=int, default=20, help="candidates per query when both towers train")
+    parser.add_argument("--ce-depth", type=int, default=30, help="candidates a cross-encoder trains on and re-ranks")
+    parser.add_argument("--ce-lr", type=float, default=2e-5)
+    parser.add_argument("--max-train-queries", type=int, default=None, help="cap on training topics (budget)")
+    parser.add_argument("--max-dev-queries", type=int, default=None, help="cap on dev topics (budget)")
+    parser.add_argument("--work", type=Path, default=None, help="models and indexes (default: the cache folder)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "effectiveness.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    common.setup_environment()
+    from pyterrier_pgrank.experiments import default_cache_dir
+
+    args = parse_args(argv)
+    args.work = args.work or default_cache_dir() / "benchmarks"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
