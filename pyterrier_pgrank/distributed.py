@@ -34,6 +34,7 @@ class Distributed:
     def __init__(self, rank: int = 0, world_size: int = 1):
         self.rank = rank
         self.world_size = world_size
+        self._with_grad: list[bool] | None = None  # which parameters get gradients on some rank
 
     @property
     def is_main(self) -> bool:
@@ -59,8 +60,20 @@ class Distributed:
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])  # [Q, N]
 
     def sum_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Replaces each parameter's gradient with its sum over ranks (missing gradients count as zero)."""
+        """Replaces each parameter's gradient with its sum over ranks.
+
+        A parameter that no rank gives a gradient (e.g. an unused pooler) keeps ``grad = None``, so that the
+        optimizer skips it as it would in one process; which parameters those are is found once, at the
+        first call, with the only host synchronisation here.
+        """
         if self.world_size == 1:
+            return
+        if self._with_grad is None:
+            flags = torch.tensor([float(p.grad is not None) for p in parameters], device=parameters[0].device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            self._with_grad = flags.bool().tolist()
+        parameters = [p for p, used in zip(parameters, self._with_grad) if used]
+        if not parameters:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = torch.cat([g.reshape(-1) for g in grads])
