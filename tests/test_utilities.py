@@ -14,11 +14,12 @@ N_MISSING = torch.tensor([1, 2, 1, 0])  # relevant documents (label 1) that the 
 
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Graded labels with padding, one all-irrelevant query, and three random complete rankings per query."""
+    """Graded labels (one negative), padding, an all-irrelevant query, three random complete rankings per query."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (4, 9), generator=generator).float()
     labels[torch.rand(4, 9, generator=generator) > 0.5] = 0.0  # few relevant, so missing ones matter
     labels[2] = 0.0
+    labels[0, 1] = -1.0  # a judged-harmful document: no gain, as in trec_eval
     mask = torch.ones(4, 9, dtype=torch.bool)
     mask[1, 6:] = False
     mask[3, [0, 4]] = False
