@@ -122,7 +122,8 @@ def test_plrank_expectation_is_exact_gradient():
 @pytest.mark.parametrize("estimator", ["plrank", "reinforce"])
 def test_pg_loss_finite_for_huge_scores(estimator):
     scores = (SCORES * 1e4).requires_grad_()
-    pg_loss(scores, LABELS, MASK, utility="nDCG@3", estimator=estimator, n_samples=8).backward()
+    pg_loss(scores, LABELS, MASK, utility="nDCG@3", estimator=estimator, n_samples=8,
+            generator=torch.Generator().manual_seed(7)).backward()
     assert torch.isfinite(scores.grad).all()
 
 
@@ -148,3 +149,18 @@ def test_pg_loss_rejects_bad_arguments():
         pg_loss(SCORES, LABELS[:, :3], MASK)
     with pytest.raises(ValueError, match="rankings must be"):
         pg_loss(SCORES, LABELS, MASK, utility="nDCG@3", rankings=torch.zeros(4, 2, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_pg_loss_handles_queries_without_candidates_or_choice(estimator):
+    # Row 1 has no real candidate and row 2 only one: neither has anything to learn.
+    scores = torch.randn(3, 4, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    labels = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [False] * 4, [True, False, False, False]])
+    loss, mean_utility = pg_loss(
+        scores, labels, mask, utility="R@2", estimator=estimator, generator=torch.Generator().manual_seed(6),
+        return_utility=True,
+    )
+    loss.backward()
+    assert torch.isfinite(scores.grad).all() and scores.grad[1:].eq(0).all() and scores.grad[0].ne(0).any()
+    assert mean_utility[1:].eq(0).all()
