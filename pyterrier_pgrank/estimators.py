@@ -1,7 +1,7 @@
 r"""Policy-gradient estimators of the gradient of an expected IR metric under a Plackett-Luce ranking policy.
 
-Shape legend: ``Q`` queries, ``N`` candidates per query (padded), ``S`` sampled rankings per query, ``K`` places
-in each ranking (the utility's cutoff, at most ``N``).
+Shape legend: ``Q`` queries, ``N`` candidates per query (padded), ``S`` sampled rankings per query,
+``K`` places in each ranking (the utility's cutoff, at most ``N``).
 
 Both estimators return a scalar surrogate loss whose gradient with respect to ``scores`` is an unbiased
 estimate of minus the gradient of the expected utility, averaged over queries:
@@ -81,10 +81,10 @@ def plrank_doc_weights(
         \hat\nabla_{s_d} = \mathbb{1}[d \in \pi_{1:K}] R_{r_d + 1}
             + \sum_{k=1}^{\min(r_d, K)} P(d \mid \pi_{1:k-1}) (\theta_k \rho_d - R_k)
 
-    where :math:`r_d` is the place of :math:`d`. The sum over places is
+    where :math:`r_d` is the place of :math:`d` (infinite when unplaced). The sum over places is
     :math:`e^{s_d} (\rho_d C^\theta_{r_d} - C^R_{r_d})` with the prefix sums
-    :math:`C^x_k = \sum_{j \le k} x_j / Z_j` of the normalisers :math:`Z_j`, computed in log space, so the cost is
-    :math:`O(S (N + K))` per query and the weights are finite for any score magnitude.
+    :math:`C^x_k = \sum_{j \le k} x_j / Z_j` of the normalisers :math:`Z_j`, computed in log space:
+    the cost is :math:`O(S (N + K))` per query and the weights are finite for any score magnitude.
 
     .. note::
         Only utilities that are a sum of per-place gains qualify (DCG, nDCG, P, R); RR and AP are not.
@@ -185,7 +185,9 @@ def pg_loss(
         )
     mask = check_batch(scores, mask)
     if labels.shape != scores.shape:
-        raise ValueError(f"labels must be shaped like scores {tuple(scores.shape)}; got {tuple(labels.shape)}.")
+        raise ValueError(
+            f"labels must be shaped like scores {tuple(scores.shape)}; got {tuple(labels.shape)}."
+        )
     depth = metric.depth(scores.shape[1])
 
     # Draw the rankings (or check the ones given) and score them with the metric.

@@ -1,10 +1,10 @@
-"""The Plackett-Luce ranking policy: drawing rankings with the Gumbel top-k trick and scoring their log-probabilities.
+"""The Plackett-Luce ranking policy: rankings drawn with the Gumbel top-k trick, and their log-probabilities.
 
 A row of ``scores`` holds the log-weights of one query's candidates. The Plackett-Luce policy builds a ranking
 one place at a time, choosing each remaining candidate with probability proportional to ``exp(score)``.
 
-Shape legend: ``Q`` queries, ``N`` candidates per query (padded), ``S`` sampled rankings per query, ``K`` places
-kept in each ranking (the utility's cutoff, at most ``N``).
+Shape legend: ``Q`` queries, ``N`` candidates per query (padded), ``S`` sampled rankings per query,
+``K`` places kept in each ranking (the utility's cutoff, at most ``N``).
 
 A ranking is a row of candidate indices, best first. When a query has fewer real candidates than ``K``, the
 places after its last real candidate hold padding indices; every function here, and every utility, treats a
@@ -101,7 +101,9 @@ def sample_rankings(
     return perturbed.topk(depth, dim=-1, sorted=True).indices  # [Q, S, K]
 
 
-def sort_rankings(scores: torch.Tensor, mask: torch.Tensor | None = None, *, cutoff: int | None = None) -> torch.Tensor:
+def sort_rankings(
+    scores: torch.Tensor, mask: torch.Tensor | None = None, *, cutoff: int | None = None
+) -> torch.Tensor:
     """The deterministic ranking by descending score, shaped like one sample per query.
 
     Args:
@@ -173,7 +175,7 @@ def log_denominators(
 
 
 def log_probs(scores: torch.Tensor, rankings: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Log-probability under the Plackett-Luce policy of each sampled ranking prefix, differentiable in ``scores``.
+    r"""Log-probability of each sampled ranking prefix under the Plackett-Luce policy, differentiable.
 
     .. math::
 

@@ -81,7 +81,9 @@ class Utility:
         """``K``: how many places of a ranking of ``n_candidates`` the metric reads."""
         return n_candidates if self.cutoff is None else min(self.cutoff, n_candidates)
 
-    def rank_weights(self, depth: int, *, dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
+    def rank_weights(
+        self, depth: int, *, dtype: torch.dtype = torch.float32, device: Any = None
+    ) -> torch.Tensor:
         """Per-place weights of an additive metric.
 
         Args:
@@ -119,9 +121,13 @@ class Utility:
         labels = labels if mask is None else labels.masked_fill(~mask, 0)
         if self.measure in ("nDCG", "DCG"):
             gains = self._graded_gains(labels)
-            return gains / self._ideal_dcg(gains, n_relevant).unsqueeze(-1) if self.measure == "nDCG" else gains
+            if self.measure == "DCG":
+                return gains
+            return gains / self._ideal_dcg(gains, n_relevant).unsqueeze(-1)
         relevant = (labels >= self.rel).to(labels.dtype)
-        return relevant / self._n_relevant(relevant, n_relevant).unsqueeze(-1) if self.measure == "R" else relevant
+        if self.measure == "P":
+            return relevant
+        return relevant / self._n_relevant(relevant, n_relevant).unsqueeze(-1)
 
     def evaluate(
         self,
@@ -180,14 +186,17 @@ class Utility:
         if n_relevant is not None:
             # Relevant documents the candidates miss join the ideal ranking with the gain of label 1.
             missing = (n_relevant.to(gains) - (gains > 0).sum(dim=-1)).clamp(min=0)  # [Q]
-            n_slots = depth if self.cutoff is not None else int(missing.max().item()) if missing.numel() else 0
+            n_slots = depth
+            if self.cutoff is None:  # every missing document joins; the one sync point, for uncut nDCG only
+                n_slots = int(missing.max().item()) if missing.numel() else 0
             slots = torch.arange(n_slots, dtype=gains.dtype, device=gains.device)  # [K]
             label_one = self._graded_gains(torch.ones((), dtype=gains.dtype, device=gains.device))
             extra = (slots < missing.unsqueeze(-1)).to(gains.dtype) * label_one  # [Q, K]
             gains = torch.cat([gains, extra], dim=-1)
         n_top = gains.shape[-1] if self.cutoff is None else min(depth, gains.shape[-1])
         top = gains.topk(n_top, dim=-1).values  # [Q, K]
-        discounts = 1.0 / torch.log2(torch.arange(2, top.shape[-1] + 2, dtype=gains.dtype, device=gains.device))
+        places = torch.arange(1, top.shape[-1] + 1, dtype=gains.dtype, device=gains.device)  # [K]
+        discounts = 1.0 / torch.log2(places + 1.0)
         ideal = (top * discounts).sum(dim=-1)
         return torch.where(ideal > 0, ideal, torch.ones_like(ideal))
 
@@ -220,7 +229,8 @@ def parse_utility(utility: str | Any | Utility) -> Utility:
         try:
             measure = ir_measures.parse_measure(text)
         except Exception as error:  # ir_measures raises several types for a bad name
-            raise ValueError(f"Cannot read utility {utility!r}; expected a name such as 'nDCG@10'.") from error
+            message = f"Cannot read utility {utility!r}; expected a name such as 'nDCG@10'."
+            raise ValueError(message) from error
     elif hasattr(utility, "NAME") and hasattr(utility, "params"):
         measure = utility
     else:
