@@ -111,3 +111,11 @@ def test_log_probs_padding_invariant_and_without_gradient():
     torch.testing.assert_close(padded, log_probs(scores, rankings))
     padded.sum().backward()
     assert padded_scores.grad[~padded_mask].eq(0).all()
+
+
+def test_log_probs_gradient_passes_gradcheck():
+    generator = torch.Generator().manual_seed(6)
+    scores = torch.randn(2, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True, False, True, True, False]])
+    rankings = sample_rankings(scores, mask, n_samples=4, cutoff=4, generator=generator)
+    assert torch.autograd.gradcheck(lambda s: log_probs(s, rankings, mask), (scores,))
