@@ -164,3 +164,20 @@ def test_pg_loss_handles_queries_without_candidates_or_choice(estimator):
     loss.backward()
     assert torch.isfinite(scores.grad).all() and scores.grad[1:].eq(0).all() and scores.grad[0].ne(0).any()
     assert mean_utility[1:].eq(0).all()
+
+
+@pytest.mark.parametrize("estimator", ["plrank", "reinforce"])
+def test_pg_loss_padding_invariant_on_the_same_rankings(estimator):
+    # Query 2 without its two padded columns; the same rankings, re-indexed, give the same gradient.
+    keep = MASK[2].nonzero().flatten()  # [4] columns of the real candidates
+    rankings = torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(s)) for s in range(16)])
+    gradients = []
+    for scores, labels, mask, ranked in (
+        (SCORES[2:3], LABELS[2:3], MASK[2:3], keep[rankings].unsqueeze(0)),
+        (SCORES[2:3, keep], LABELS[2:3, keep], None, rankings.unsqueeze(0)),
+    ):
+        scores = scores.clone().requires_grad_()
+        pg_loss(scores, labels, mask, utility="nDCG@3", estimator=estimator, rankings=ranked).backward()
+        gradients.append(scores.grad)
+    torch.testing.assert_close(gradients[0][:, keep], gradients[1])
+    assert gradients[0][:, ~MASK[2]].eq(0).all() and gradients[1].ne(0).any()
