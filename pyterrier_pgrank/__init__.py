@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it; resolved lazily by __getattr__ below.
 _LAZY = {
     "pg_loss": "pyterrier_pgrank.estimators",
+    "TrainingSettings": "pyterrier_pgrank.settings",
+    "PGRankEstimator": "pyterrier_pgrank.training",
     "PGRankBiEncoder": "pyterrier_pgrank.biencoder",
     "PGRankCrossEncoder": "pyterrier_pgrank.crossencoder",
 }

@@ -6,6 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+# The models under test are tiny: one thread avoids oversubscribing the cores (worst in the forked
+# multi-process tests) and keeps timings stable.
+torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
