@@ -105,11 +105,11 @@ def main() -> None:
     zero_shot = PGRankBiEncoder.from_pretrained(args.model, **options)
     key = hashlib.sha1(f"{Path(args.model).resolve()}|{args.max_length}".encode()).hexdigest()[:10]
     safe_corpus = "".join(c if c.isalnum() else "_" for c in train.corpus_id)
-    index = corpus_index(zero_shot, train, default_cache_dir() / "flex" / f"pgrank-biencoder-{key}-{safe_corpus}")
+    index_path = default_cache_dir() / "flex" / f"pgrank-biencoder-{key}-{safe_corpus}"
     model = PGRankBiEncoder.from_pretrained(args.model, train_towers=args.towers, temperature=args.temperature,
                                             **options)
     if args.towers == "query":
-        model.cache_doc_vectors(index)
+        model.cache_doc_vectors(corpus_index(zero_shot, train, index_path))
 
     # train with PG-Rank, validating on the dev split
     start = time.time()
@@ -129,6 +129,7 @@ def main() -> None:
         return
 
     # the trained document tower differs only when both towers trained: then the corpus is encoded again
+    index = corpus_index(zero_shot, train, index_path)
     pg_index = index if model.doc_tower is not None else corpus_index(model, train, out / "index")
 
     # evaluate on the test topics

@@ -12,6 +12,7 @@ from ir_measures import nDCG
 
 from pyterrier_pgrank.biencoder import PGRankBiEncoder
 from pyterrier_pgrank.data import CandidateSet, collate
+from pyterrier_pgrank.text_encoder import TextEncoder
 
 WORDS = ("apple river stone cloud tiger piano garden silver rocket candle "
          "forest violin mirror desert planet ocean bridge engine castle window").split()
@@ -46,15 +47,20 @@ def ndcg10(model: PGRankBiEncoder, res: pd.DataFrame, qrels: pd.DataFrame) -> fl
     return pt.Evaluate(model.text_scorer()(res), qrels, metrics=["ndcg_cut_10"])["ndcg_cut_10"]
 
 
-def candidate_batch(res: pd.DataFrame, qrels: pd.DataFrame, widths: list[int]) -> object:
-    """A padded batch whose i-th query keeps its first ``widths[i]`` candidates."""
+def candidate_sets(res: pd.DataFrame, qrels: pd.DataFrame, widths: list[int]) -> list[CandidateSet]:
+    """One candidate set per query, the i-th keeping its first ``widths[i]`` candidates."""
     labels = qrels.set_index("docno")["label"]
     sets = []
     for (qid, group), width in zip(res.groupby("qid", sort=False), widths):
         group = group.head(width)
         sets.append(CandidateSet(qid, group["query"].iloc[0], list(group["docno"]), list(group["text"]),
                                  torch.tensor(labels[group["docno"]].to_numpy(), dtype=torch.float32), 1.0))
-    return collate(sets)
+    return sets
+
+
+def candidate_batch(res: pd.DataFrame, qrels: pd.DataFrame, widths: list[int]) -> object:
+    """A padded batch whose i-th query keeps its first ``widths[i]`` candidates."""
+    return collate(candidate_sets(res, qrels, widths))
 
 
 def full_graph_scores(model: PGRankBiEncoder, batch, docs: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,7 +79,7 @@ def grads(module: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
 
-def test_encoders_agree_with_text_scorer_and_flex_index(tiny_bert, tmp_path):
+def test_encoders_agree_with_text_scorer_and_flex_index(tiny_bert, tmp_path, monkeypatch):
     from pyterrier_dr import FlexIndex
 
     model = PGRankBiEncoder.from_pretrained(tiny_bert, batch_size=4)
@@ -90,6 +96,16 @@ def test_encoders_agree_with_text_scorer_and_flex_index(tiny_bert, tmp_path):
 
     reranked = (model.query_encoder() >> index.scorer())(res).sort_values(["qid", "docno"])
     np.testing.assert_allclose(reranked["score"], scored["score"], rtol=1e-5, atol=1e-5)
+
+    # query-tower training reads the indexed vectors instead of encoding the documents again
+    model.cache_doc_vectors(index)
+    encoded = []
+    forward = TextEncoder.forward
+    monkeypatch.setattr(TextEncoder, "forward", lambda self, inputs: encoded.append(1) or forward(self, inputs))
+    model._pgrank_prepare(candidate_sets(res, res.assign(label=1), [5, 5, 5]), None, None)
+    assert not encoded
+    cached = model._doc_vectors[[model._doc_rows[d] for d in docs["docno"]]].numpy()
+    np.testing.assert_allclose(cached, model.encode_docs(docs["text"]), rtol=1e-5, atol=1e-6)
 
 
 def test_empty_frames_give_empty_results(tiny_bert):
