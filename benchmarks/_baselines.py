@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 
-import _common as common
 import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -16,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 def _settings(args, **extra) -> dict:
     return {"n_samples": args.n_samples, "queries_per_step": args.queries_per_step, "epochs": args.epochs,
-            "eval_every": args.eval_every, "seed": args.seed, **extra}
+            "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed, **extra}
 
 
 def train_pgrank_biencoder(args, system: str, data: dict, zero_shot_index) -> tuple[object, dict]:
@@ -37,8 +36,9 @@ def train_pgrank_biencoder(args, system: str, data: dict, zero_shot_index) -> tu
         train, dev = train[train["rank"] < args.both_depth], dev[dev["rank"] < args.both_depth]
     runs, best = [], None
     for lr in args.lrs:
-        model = PGRankBiEncoder.from_pretrained(common.minilm_path(), train_towers=towers, max_length=args.max_length,
-                                                batch_size=args.batch_size, doc_chunk_size=args.batch_size)
+        options = {"temperature": args.temperature} if args.temperature else {}
+        model = PGRankBiEncoder.from_pretrained(args.model, train_towers=towers, max_length=args.max_length,
+                                                batch_size=args.batch_size, doc_chunk_size=args.batch_size, **options)
         if towers == "query":
             model.cache_doc_vectors(zero_shot_index)
         start = time.perf_counter()
@@ -85,7 +85,7 @@ def train_mnrl(args, data: dict) -> tuple[str, dict]:
     from sentence_transformers.sentence_transformer.datasets.no_duplicates_dataloader import NoDuplicatesDataLoader
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    model = SentenceTransformer(common.minilm_path())
+    model = SentenceTransformer(args.model)
     model.max_seq_length = args.max_length
     examples = mnrl_examples(data["train"], data["qrels"], args.mnrl_negatives)
     loader = NoDuplicatesDataLoader(examples, batch_size=args.queries_per_step)
@@ -108,7 +108,7 @@ def train_cross_encoder(args, system: str, data: dict) -> tuple[object, dict]:
     from pyterrier_pgrank import PGRankCrossEncoder
     from pyterrier_pgrank.pointwise import fit_pointwise
 
-    model = PGRankCrossEncoder.from_pretrained(common.minilm_path(), max_length=args.max_length,
+    model = PGRankCrossEncoder.from_pretrained(args.model, max_length=args.max_length,
                                                batch_size=args.batch_size)
     train, dev = (frame[frame["rank"] < args.ce_depth] for frame in (data["train"], data["dev"]))
     settings = _settings(args, lr=args.ce_lr, estimator="plrank")

@@ -7,9 +7,9 @@ t-tests against BM25 (Holm-corrected), and, evaluation only, on out-of-domain co
 Systems (``--systems``): ``bm25``; ``zeroshot`` (all-MiniLM-L6-v2 re-ranking BM25 and as a dense
 retriever); ``mnrl`` (sentence-transformers ``MultipleNegativesRankingLoss`` with in-batch and BM25 hard
 negatives from the same candidate sets, same epochs); ``pg-<towers>-<estimator>`` for towers ``query`` /
-``both`` and estimators ``plrank`` / ``reinforce``; ``pg-query-plrank-rr10`` (trained for RR@10);
-``ce-pgrank`` and ``ce-pointwise`` (cross-encoders from the MiniLM body, re-ranking BM25's top
-``--ce-depth``).
+``both`` and estimators ``plrank`` / ``reinforce``; ``pg-query-reinforce-rr10``, trained for RR@10 (not a
+sum of per-place gains, so REINFORCE); ``ce-pgrank`` and ``ce-pointwise`` (cross-encoders from the MiniLM
+body, re-ranking BM25's top ``--ce-depth``).
 
 Bi-encoders are evaluated from stored vectors: each distinct document is encoded once per document
 tower into a ``FlexIndex`` (query-tower-only models share the zero-shot index, since their document tower
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import _baselines as baselines
 import _common as common
-import pandas as pd
+import _report as tables
 import pyterrier as pt
 
 logger = logging.getLogger("effectiveness")
 SYSTEMS = ("bm25", "zeroshot", "mnrl", "pg-query-plrank", "pg-query-reinforce", "pg-both-plrank",
-           "pg-both-reinforce", "pg-query-plrank-rr10", "ce-pgrank", "ce-pointwise")
+           "pg-both-reinforce", "pg-query-reinforce-rr10", "ce-pgrank", "ce-pointwise")
 
 
 def measures():
@@ -66,7 +66,7 @@ class Collections:
         key = (doc_key, dataset.corpus_id)
         if key not in self._indexes:
             if doc_key == "zeroshot":
-                _, index = common.zero_shot_index(common.minilm_path(), dataset, batch_size=self.args.batch_size,
+                _, index = common.zero_shot_index(self.args.model, dataset, batch_size=self.args.batch_size,
                                                   max_length=self.args.max_length)
             else:
                 path = self.args.work / "indexes" / f"{doc_key}-{common.safe_name(dataset.corpus_id)}"
@@ -96,13 +96,14 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
             path, info = baselines.train_mnrl(args, data)
             model = SBertBiEncoder(path, batch_size=args.batch_size)
             model.model.max_seq_length = args.max_length
-            biencoders.append(("MiniLM MNRL", model, system))
+            biencoders.append((f"{args.label} MNRL", model, system))
         elif system.startswith("ce-"):
-            cross[f"MiniLM {system}"], info = baselines.train_cross_encoder(args, system, data)
+            cross[f"{args.label} {system}"], info = baselines.train_cross_encoder(args, system, data)
         else:
             zero_shot = collections.index("zeroshot", None, args.train)
             model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
-            biencoders.append((f"MiniLM {system}", model, "zeroshot" if model.train_towers == "query" else system))
+            doc_key = "zeroshot" if model.train_towers == "query" else system  # query tower: documents unchanged
+            biencoders.append((f"{args.label} {system}", model, doc_key))
         report["train_seconds"][system] = time.perf_counter() - start  # the learning-rate sweep included
         report["training"][system] = info
     return biencoders, cross, report
@@ -123,7 +124,7 @@ def run(args) -> dict:
     data = {"train": candidates(train_topics), "dev": candidates(dev_topics), "qrels": train_ds.qrels}
     logger.info("train %d topics, dev %d topics", len(train_topics), len(dev_topics))
     biencoders, cross, report = train_systems(args, data, collections)
-    zeroshot = SBertBiEncoder(common.minilm_path(), batch_size=args.batch_size)
+    zeroshot = SBertBiEncoder(args.model, batch_size=args.batch_size)
     zeroshot.model.max_seq_length = args.max_length
 
     # evaluate every system on the evaluation collection, then out of domain
@@ -131,7 +132,7 @@ def run(args) -> dict:
         dataset = collections.datasets[name]
         pipelines = {"BM25": collections.bm25(name)}
         if "zeroshot" in args.systems:
-            pipelines.update(biencoder_pipelines("MiniLM zero-shot", zeroshot, "zeroshot", collections, name))
+            pipelines.update(biencoder_pipelines(f"{args.label} zero-shot", zeroshot, "zeroshot", collections, name))
         for label, model, doc_key in biencoders:
             pipelines.update(biencoder_pipelines(label, model, doc_key, collections, name))
         for label, model in cross.items():
@@ -141,19 +142,10 @@ def run(args) -> dict:
                               names=list(pipelines), baseline=0, correction="holm", round=4)
         report.setdefault("eval_seconds", {})[name] = time.perf_counter() - start
         report.setdefault("results", {})[name] = table.to_dict(orient="records")
-        print(f"\n## {name} ({len(dataset.topics)} topics)\n\n{markdown(table)}", flush=True)
+        names = [str(m) for m in measures()]
+        print(f"\n## {name} ({len(dataset.topics)} topics)\n\n{tables.experiment_markdown(table, names)}", flush=True)
         common.write_json(args.out, {"machine": common.machine(), "settings": vars(args), **report})
     return report
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A pt.Experiment frame as a Markdown table; ``*`` marks a significant difference from BM25 (Holm)."""
-    measures_ = [str(m) for m in measures() if str(m) in table.columns]
-    lines = ["| system | " + " | ".join(measures_) + " |", "|---" * (len(measures_) + 1) + "|"]
-    for _, row in table.iterrows():
-        cells = [f"{row[m]:.4f}" + ("*" if bool(row.get(f"{m} reject", False)) else "") for m in measures_]
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -162,6 +154,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval", default="irds:beir/scifact/test")
     parser.add_argument("--ood", nargs="*", default=["irds:vaswani", "irds:cranfield"])
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--model", default=None, help="sentence-transformers folder to start from (default MiniLM)")
     parser.add_argument("--dev-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--depth", type=int, default=100, help="BM25 candidates for training and re-ranking")
@@ -172,7 +165,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=32)
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 1e-4],
                         help="PG-Rank learning rates tried; the best on the dev split is kept")
-    parser.add_argument("--eval-every", type=int, default=20, help="PG-Rank dev validations every so many steps")
+    parser.add_argument("--eval-every", type=int, default=20, help="dev validations every so many steps")
+    parser.add_argument("--patience", type=int, default=None, help="stop after so many validations without gain")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="PG-Rank bi-encoder policy temperature (default: the model's own)")
     parser.add_argument("--mnrl-lr", type=float, default=2e-5)
     parser.add_argument("--mnrl-negatives", type=int, default=3, help="BM25 hard negatives per query for MNRL")
     parser.add_argument("--both-depth", type=int, default=20, help="candidates per query when both towers train")
@@ -190,6 +186,8 @@ def main(argv=None) -> None:
     from pyterrier_pgrank.experiments import default_cache_dir
 
     args = parse_args(argv)
+    args.label = "MiniLM" if args.model is None else Path(args.model).name
+    args.model = args.model or common.minilm_path()
     args.work = args.work or default_cache_dir() / "benchmarks"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(args)

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import _common as common
+import _report as report
 import numpy as np
 import torch
 
@@ -281,6 +282,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rerank-queries", type=int, default=10)
     parser.add_argument("--rerank-depth", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/)")
+    parser.add_argument("--markdown", type=Path, nargs="+", default=None,
+                        help="print the tables of results files and exit")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -291,6 +294,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     common.setup_environment()
     args = parse_args(argv)
+    if args.markdown:
+        for path in args.markdown:
+            print(report.efficiency_markdown(json.loads(path.read_text())))
+        return
     if args.memory_probe:
         kind, method, n = args.memory_probe.split(":")
         print(json.dumps(memory_probe(args, kind, method, int(n))))

@@ -1,0 +1,43 @@
+"""Markdown tables of benchmark results, for BENCHMARKS.md."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def experiment_markdown(table: pd.DataFrame, measures: list[str]) -> str:
+    """A pt.Experiment frame as a Markdown table; ``*`` marks a significant difference from BM25 (Holm)."""
+    measures_ = [m for m in measures if m in table.columns]
+    lines = ["| system | " + " | ".join(measures_) + " |", "|---" * (len(measures_) + 1) + "|"]
+    for _, row in table.iterrows():
+        cells = [f"{row[m]:.4f}" + ("*" if bool(row.get(f"{m} reject", False)) else "") for m in measures_]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def efficiency_markdown(results: dict) -> str:
+    """The measured sections of a results dictionary as Markdown tables."""
+    out = []
+    if "throughput" in results:
+        out += ["| training step | s/step | queries/s | docs/s | time vs sentence-transformers |", "|---" * 5 + "|"]
+        for name, row in results["throughput"].items():
+            out.append(f"| {name} | {row['step_s']:.2f} | {row['queries_per_s']:.3f} | {row['docs_per_s']:.2f} | "
+                       f"{row['step_time_vs_st']:.2f}x |")
+        out.append("")
+    if "share" in results:
+        out += ["| towers | estimator | N | S | s/step | loss (sample+utility+estimator) | outside encoder |",
+                "|---" * 7 + "|"]
+        for row in results["share"]:
+            out.append(f"| {row['towers']} | {row['estimator']} | {row['candidates']} | {row['samples']} | "
+                       f"{row['step_s']:.3f} | {row['loss_share']:.1%} | {row['outside_encoder_share']:.1%} |")
+        out.append("")
+    if "memory" in results:
+        out += ["| model | backward | N | peak MiB | above start MiB | s/step |", "|---" * 6 + "|"]
+        for row in results["memory"]:
+            out.append(f"| {row['kind']} | {row['method']} | {row['candidates']} | {row['peak_mb']:.0f} | "
+                       f"{row['peak_above_start_mb']:.0f} | {row['step_s']:.1f} |")
+        out.append("")
+    if "rerank" in results:
+        out += ["| re-ranker | pairs | seconds | pairs/s |", "|---" * 4 + "|"]
+        for name, row in results["rerank"].items():
+            out.append(f"| {name} | {row['pairs']} | {row['seconds']:.1f} | {row['pairs_per_s']:.1f} |")
+    return "\n".join(out)
