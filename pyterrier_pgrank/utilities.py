@@ -182,18 +182,17 @@ class Utility:
 
     def _ideal_dcg(self, gains: torch.Tensor, n_relevant: torch.Tensor | None) -> torch.Tensor:
         """``[Q]`` DCG@k of the best ordering of the candidates (plus missing relevant ones); never zero."""
-        depth = self.depth(gains.shape[-1])
         if n_relevant is not None:
             # Relevant documents the candidates miss join the ideal ranking with the gain of label 1.
             missing = (n_relevant.to(gains) - (gains > 0).sum(dim=-1)).clamp(min=0)  # [Q]
-            n_slots = depth
-            if self.cutoff is None:  # every missing document joins; the one sync point, for uncut nDCG only
+            n_slots = self.cutoff
+            if n_slots is None:  # every missing document joins; the one sync point, for uncut nDCG only
                 n_slots = int(missing.max().item()) if missing.numel() else 0
             slots = torch.arange(n_slots, dtype=gains.dtype, device=gains.device)  # [K]
             label_one = self._graded_gains(torch.ones((), dtype=gains.dtype, device=gains.device))
             extra = (slots < missing.unsqueeze(-1)).to(gains.dtype) * label_one  # [Q, K]
             gains = torch.cat([gains, extra], dim=-1)
-        n_top = gains.shape[-1] if self.cutoff is None else min(depth, gains.shape[-1])
+        n_top = gains.shape[-1] if self.cutoff is None else min(self.cutoff, gains.shape[-1])
         top = gains.topk(n_top, dim=-1).values  # [Q, K]
         places = torch.arange(1, top.shape[-1] + 1, dtype=gains.dtype, device=gains.device)  # [K]
         discounts = 1.0 / torch.log2(places + 1.0)

@@ -9,7 +9,7 @@ import torch
 
 from pyterrier_pgrank.utilities import Utility, parse_utility
 
-N_MISSING = torch.tensor([1, 2, 1, 0])  # relevant documents (label 1) that the candidates do not include
+N_MISSING = torch.tensor([1, 8, 1, 0])  # relevant documents (label 1) missing from the candidates: more than N
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_utility_matches_ir_measures(batch, measure):
     torch.testing.assert_close(got, reference(measure, labels, mask, rankings).float(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["nDCG@5", "nDCG", "R@5", "AP@6", "AP"])
+@pytest.mark.parametrize("name", ["nDCG@5", "nDCG@20", "nDCG", "R@5", "R@20", "AP@6", "AP"])
 def test_utility_counts_missing_relevant_documents(batch, name):
     labels, mask, rankings = batch
     n_relevant = ((labels >= 1) & mask).sum(dim=-1) + N_MISSING
@@ -87,11 +87,12 @@ def test_utility_padding_invariant(batch):
     labels, mask, rankings = batch
     wide_labels = torch.cat([labels, torch.full((4, 3), 3.0)], dim=-1)  # padded columns look very relevant
     wide_mask = torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], dim=-1)
-    for name in ["nDCG@5", "P@3", "R@5", "RR@4", "AP", "DCG@10"]:
+    n_relevant = ((labels >= 1) & mask).sum(dim=-1) + N_MISSING
+    for name in ["nDCG@5", "nDCG@20", "P@3", "R@5", "RR@4", "AP", "DCG@10"]:
         utility = parse_utility(name)
-        torch.testing.assert_close(
-            utility.evaluate(rankings, wide_labels, wide_mask), utility.evaluate(rankings, labels, mask)
-        )
+        for count in (None, n_relevant):
+            wide = utility.evaluate(rankings, wide_labels, wide_mask, count)
+            torch.testing.assert_close(wide, utility.evaluate(rankings, labels, mask, count))
 
 
 def test_additive_utility_is_rank_weights_times_doc_gains(batch):
