@@ -126,9 +126,10 @@ class BiEncoderTrainingHooks:
             return
         self._split_towers()
         self.doc_tower.requires_grad_(False)
-        for sets in (train_sets, valid_sets or []):
-            for candidates in sets:
-                self._encode_uncached(candidates.docnos, _texts_of_set(candidates))
+        sets = [*train_sets, *(valid_sets or [])]
+        docnos = (docno for candidates in sets for docno in candidates.docnos)
+        texts = (text for candidates in sets for text in _texts_of_set(candidates))
+        self._encode_uncached(docnos, texts)  # one pass over every distinct document
 
     def _pgrank_scores(self, batch) -> torch.Tensor:
         """Scores ``[Q, N]`` of a batch's candidates, without an autograd graph (padding scores 0)."""
