@@ -69,9 +69,10 @@ def scifact_batch(n_queries: int, temperature: float = 0.05):
     sets = [c for c in build_candidate_sets(res, dataset.qrels) if len(c) == 100][:n_queries]
     model = SentenceTransformer(common.minilm_path(), device="cpu")
     scores = []
+    options = {"normalize_embeddings": True, "convert_to_tensor": True, "show_progress_bar": False}
     for candidates in sets:
-        query = model.encode([candidates.query], normalize_embeddings=True, convert_to_tensor=True)  # [1, D]
-        docs = model.encode(candidates.texts, normalize_embeddings=True, convert_to_tensor=True)  # [N, D]
+        query = model.encode([candidates.query], **options)  # [1, D]
+        docs = model.encode(candidates.texts, **options)  # [N, D]
         scores.append((docs @ query[0]) / temperature)
     return torch.stack(scores).float(), torch.stack([c.labels for c in sets])
 
