@@ -160,9 +160,9 @@ def pg_loss(
             gradient. ``None``: every candidate is real.
         utility: the metric, as a name (``"nDCG@10"``, ``"RR@10"``, ``"R@100"``, ``"AP"``, ``"DCG@5"``) or a
             ``pyterrier.measures`` object.
-        estimator: ``"plrank"`` (PL-Rank-3 weights; additive metrics only; on 100 candidates it needs about
-            a third of reinforce's samples for the same gradient error) or ``"reinforce"`` (leave-one-out
-            REINFORCE; any metric).
+        estimator: ``"plrank"`` (PL-Rank-3 weights; additive metrics only; on 100 candidates it needed a
+            quarter to a half of reinforce's samples for the same gradient error) or ``"reinforce"``
+            (leave-one-out REINFORCE; any metric).
         n_samples: ``S``, rankings sampled per query.
         generator: source of randomness for the sampling.
         n_relevant: ``[Q]`` number of relevant documents per query, including those missing from the
