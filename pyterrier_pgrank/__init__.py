@@ -13,6 +13,13 @@ __version__ = "0.1.0"
 # public name -> module that defines it; resolved lazily by __getattr__ below.
 _LAZY = {
     "pg_loss": "pyterrier_pgrank.estimators",
+    "reinforce_loss": "pyterrier_pgrank.estimators",
+    "plrank_doc_weights": "pyterrier_pgrank.estimators",
+    "sample_rankings": "pyterrier_pgrank.sampling",
+    "sort_rankings": "pyterrier_pgrank.sampling",
+    "log_probs": "pyterrier_pgrank.sampling",
+    "parse_utility": "pyterrier_pgrank.utilities",
+    "Utility": "pyterrier_pgrank.utilities",
     "TrainingSettings": "pyterrier_pgrank.settings",
     "PGRankEstimator": "pyterrier_pgrank.training",
     "PGRankBiEncoder": "pyterrier_pgrank.biencoder",
