@@ -139,11 +139,20 @@ def corpus_index(encoder, dataset, path: Path, *, reuse: bool = True, verbose: b
     """
     from pyterrier_dr import FlexIndex
 
-    index = FlexIndex(str(path), verbose=verbose)
-    if not (reuse and index.built()):
+    path = Path(path)
+    if not (reuse and index_complete(path)):
         logger.info("encoding %s with %r into %s", dataset.corpus_id, encoder, path)
-        (encoder.doc_encoder() >> index.indexer(mode="overwrite")).index(dataset.corpus_iter())
-    return index
+        tmp = path.with_name(path.name + ".tmp")  # moved into place once complete
+        (encoder.doc_encoder() >> FlexIndex(str(tmp), verbose=verbose).indexer(mode="overwrite")).index(
+            dataset.corpus_iter())
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    return FlexIndex(str(path), verbose=verbose)
+
+
+def index_complete(path: Path) -> bool:
+    """Whether a ``FlexIndex`` folder was completely written (``FlexIndex.built`` only checks that it exists)."""
+    return (Path(path) / "pt_meta.json").is_file()
 
 
 def zero_shot_index(model_path: str, dataset, *, batch_size: int = 32, max_length: int | None = None,

@@ -140,8 +140,7 @@ def _built_zero_shot_index(args):
     if args.model != common.minilm_path():
         return None
     path = common.zero_shot_index_path(args.model, args.max_length, load_dataset(args.dataset).corpus_id)
-    index = FlexIndex(str(path), verbose=False)
-    return index if index.built() else None
+    return FlexIndex(str(path), verbose=False) if common.index_complete(path) else None
 
 
 def run_throughput(args) -> dict:
