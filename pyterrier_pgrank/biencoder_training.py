@@ -62,7 +62,7 @@ class BiEncoderTrainingHooks:
         if len(docnos) != len(doc_vecs) or np.ndim(doc_vecs) != 2 or np.shape(doc_vecs)[1] != self.query_tower.dim:
             raise ValueError(f"expected {len(docnos)} vectors of size {self.query_tower.dim}, got an array of "
                              f"shape {np.shape(doc_vecs)}.")
-        self._add_to_cache(docnos, torch.as_tensor(np.asarray(doc_vecs, dtype=np.float32), device=self.device))
+        self._add_to_cache(docnos, torch.from_numpy(np.array(doc_vecs, dtype=np.float32)).to(self.device))
 
     def _add_to_cache(self, docnos: list[str], vectors: torch.Tensor) -> None:
         new = {}  # docno -> its first position in docnos, for documents not cached yet
