@@ -19,6 +19,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "ir_datasets"
 
 
+def _prepare_ir_datasets_home() -> None:
+    """Points ``IR_DATASETS_HOME`` at a writable copy of the shared datasets before anything imports ir_datasets.
+
+    ir_datasets reads the variable once, at import, and writes caches beside the files, so the read-only shared
+    folder is copied (a few MB) to a cache folder that later runs reuse.
+    """
+    if os.environ.get("IR_DATASETS_HOME") or not SHARED_DATASETS.is_dir():
+        return
+    home = Path(os.environ.get("PGRANK_DATA_HOME", Path.home() / ".cache" / "pyterrier-pgrank" / "ir_datasets"))
+    for source in SHARED_DATASETS.rglob("*"):
+        target = home / source.relative_to(SHARED_DATASETS)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    os.environ["IR_DATASETS_HOME"] = str(home)
+
+
+_prepare_ir_datasets_home()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer, 32-dim BERT with MiniLM's tokenizer, saved as a Hugging Face folder.
@@ -48,16 +70,8 @@ def tiny_bert(tiny_bert_dir, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ir_datasets_home(tmp_path_factory) -> Path:
-    """A writable copy of ``../shared/ir_datasets`` set as ``IR_DATASETS_HOME``; skips where it is absent."""
-    if os.environ.get("IR_DATASETS_HOME"):
-        return Path(os.environ["IR_DATASETS_HOME"])
-    if not SHARED_DATASETS.is_dir():
-        pytest.skip(f"offline datasets not found at {SHARED_DATASETS} (present only beside the project's CI)")
-    home = tmp_path_factory.mktemp("ir_datasets")
-    shutil.copytree(SHARED_DATASETS, home, dirs_exist_ok=True)
-    for root, dirs, files in os.walk(home):
-        for name in dirs + files:
-            os.chmod(os.path.join(root, name), 0o755)
-    os.environ["IR_DATASETS_HOME"] = str(home)
-    return home
+def ir_datasets_home() -> Path:
+    """The writable ``IR_DATASETS_HOME`` prepared above; skips where the offline datasets are absent."""
+    if not os.environ.get("IR_DATASETS_HOME"):
+        pytest.skip(f"offline datasets not found at {SHARED_DATASETS} (they sit beside the project's CI checkout)")
+    return Path(os.environ["IR_DATASETS_HOME"])
