@@ -7,9 +7,10 @@ cross-entropy per (query, document) pair. The dev split carved from the training
 training) validates both; the SciFact test topics give the final numbers in one ``pt.Experiment``, with BM25
 and, when their folders are given, saved bi-encoders re-ranking the same candidates.
 
-Run (CPU: about an hour with the defaults)::
+Run (each training step and each re-ranked query costs one MiniLM pass per candidate, so on a CPU keep the
+step budget and the number of test topics small; the README gives measured times)::
 
-    python examples/scifact_rerank.py --out runs/scifact_rerank [--biencoder PATH ...]
+    python examples/scifact_rerank.py --out runs/scifact_rerank [--test-queries 100] [--biencoder PATH ...]
 """
 from __future__ import annotations
 

@@ -93,7 +93,12 @@ class PGRankCrossEncoder(PGRankEstimator):
             or a dict of its fields); ``fit`` keyword arguments override them for one call.
 
     Raises:
-        ValueError: the checkpoint is a classifier with more than one output, or ``batch_size < 1``.
+        ValueError: the checkpoint is a classifier with more than one output, ``batch_size < 1``, or
+            ``max_length`` beyond the model's position limit.
+
+    .. seealso::
+        :func:`pyterrier_pgrank.pointwise.fit_pointwise` trains the same model with binary cross-entropy
+        per pair instead, through the same trainer, for comparisons.
 
     .. note::
         Dropout is switched off in both training passes, so that the chunked re-encoding computes exactly
