@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 def _settings(args, **extra) -> dict:
     return {"n_samples": args.n_samples, "queries_per_step": args.queries_per_step, "epochs": args.epochs,
-            "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed, **extra}
+            "eval_every": args.eval_every, "patience": args.patience, "seed": args.seed,
+            "max_steps": args.max_steps, **extra}
 
 
 def train_pgrank_biencoder(args, system: str, data: dict, zero_shot_index) -> tuple[object, dict]:

@@ -18,17 +18,21 @@ def efficiency_markdown(results: dict) -> str:
     """The measured sections of a results dictionary as Markdown tables."""
     out = []
     if "throughput" in results:
-        out += ["| training step | s/step | queries/s | docs/s | time vs sentence-transformers |", "|---" * 5 + "|"]
+        out += ["| training step | s/step | queries/s | docs/s | time vs sentence-transformers | pg_loss share |",
+                "|---" * 6 + "|"]
         for name, row in results["throughput"].items():
+            share = f"{row['loss_s'] / row['step_s']:.2%}" if "loss_s" in row else "-"
             out.append(f"| {name} | {row['step_s']:.2f} | {row['queries_per_s']:.3f} | {row['docs_per_s']:.2f} | "
-                       f"{row['step_time_vs_st']:.2f}x |")
+                       f"{row['step_time_vs_st']:.2f}x | {share} |")
         out.append("")
     if "share" in results:
-        out += ["| towers | estimator | N | S | s/step | loss (sample+utility+estimator) | outside encoder |",
-                "|---" * 7 + "|"]
+        out += ["| towers | estimator | N | S | s/step | pg_loss (ms) | pg_loss share | encoder share |",
+                "|---" * 8 + "|"]
         for row in results["share"]:
+            encoder = (row["scores_s"] + row["backward_s"]) / row["step_s"]
             out.append(f"| {row['towers']} | {row['estimator']} | {row['candidates']} | {row['samples']} | "
-                       f"{row['step_s']:.3f} | {row['loss_share']:.1%} | {row['outside_encoder_share']:.1%} |")
+                       f"{row['step_s']:.2f} | {1000 * row['loss_s']:.0f} | {row['loss_s'] / row['step_s']:.2%} | "
+                       f"{encoder:.0%} |")
         out.append("")
     if "memory" in results:
         out += ["| model | backward | N | peak MiB | above start MiB | s/step |", "|---" * 6 + "|"]

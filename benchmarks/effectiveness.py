@@ -161,6 +161,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=1, help="the same for every trained system")
+    parser.add_argument("--max-steps", type=int, default=None, help="PG-Rank and cross-encoder updates (budget)")
     parser.add_argument("--queries-per-step", type=int, default=8, help="queries per update (MNRL batch size)")
     parser.add_argument("--n-samples", type=int, default=32)
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 1e-4],

@@ -75,10 +75,10 @@ def time_pgrank(model, sets: list, args, *, n_samples: int, estimator: str = "pl
         for hook in ("_pgrank_prepare", "_pgrank_scores", "_pgrank_backward"):
             delattr(model, hook)
     steps = np.diff(timer.ends["update"])  # [steps]: from the end of one update to the end of the next
-    phases = {name: float(np.median(timer.calls[hook][1:])) for name, hook in
+    phases = {name: float(np.mean(timer.calls[hook][1:])) for name, hook in
               (("scores", "_pgrank_scores"), ("loss", "loss"), ("backward", "_pgrank_backward"),
                ("update", "update"))}
-    step = float(np.median(steps))
+    step = float(np.mean(steps))  # means, so that step = sum of phases + other
     other = step - sum(phases.values())
     n_docs = args.queries_per_step * len(sets[0])
     return {"step_s": step, **{f"{k}_s": v for k, v in phases.items()}, "other_s": other,
@@ -106,7 +106,7 @@ def time_sentence_transformers(sets: list, args) -> dict:
     model.old_fit(train_objectives=[(loader, loss)], epochs=1, steps_per_epoch=args.steps + 2, warmup_steps=0,
                   optimizer_params={"lr": 1e-7}, show_progress_bar=False)
     starts = np.array(timer.ends["loss"]) - np.array(timer.calls["loss"])
-    step = float(np.median(np.diff(starts)[1:]))  # [steps]: loss start to loss start, warm-up dropped
+    step = float(np.mean(np.diff(starts)[1:]))  # [steps]: loss start to loss start, warm-up dropped
     n_docs = args.queries_per_step * len(sets[0])
     return {"step_s": step, "queries_per_s": args.queries_per_step / step, "docs_per_s": n_docs / step}
 
