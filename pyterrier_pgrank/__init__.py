@@ -24,6 +24,8 @@ _LAZY = {
     "PGRankEstimator": "pyterrier_pgrank.training",
     "PGRankBiEncoder": "pyterrier_pgrank.biencoder",
     "PGRankCrossEncoder": "pyterrier_pgrank.crossencoder",
+    "fit_pointwise": "pyterrier_pgrank.pointwise",
+    "pointwise_bce_loss": "pyterrier_pgrank.pointwise",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,9 +18,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pyterrier_pgrank.data import build_candidate_sets
-from pyterrier_pgrank.settings import TrainingSettings
-from pyterrier_pgrank.training import Trainer
 from pyterrier_pgrank.utilities import parse_utility
 
 logger = logging.getLogger(__name__)
@@ -91,15 +88,4 @@ def fit_pointwise(model: Any, train: pd.DataFrame, train_qrels: pd.DataFrame, va
         The model, trained; its ``training_history`` holds the history, whose ``utility`` entries are the
         metric of the ranking by score on the training batches.
     """
-    settings = (getattr(model, "training_settings", None) or TrainingSettings()).replace(**settings)
-    if valid is not None and valid_qrels is None:
-        raise ValueError("fit_pointwise() got a validation frame but no valid_qrels to evaluate it with")
-    options = {"relevance_level": settings.relevance_level, "require_text": model._pgrank_requires_text}
-    train_sets = build_candidate_sets(train, train_qrels, what="training frame", **options)
-    valid_sets = None
-    if valid is not None:
-        valid_sets = build_candidate_sets(valid, valid_qrels, drop_unlearnable=False, what="validation frame",
-                                          **options)
-    trainer = Trainer(model, settings, loss_fn=pointwise_bce_loss)
-    model.training_history = trainer.fit(train_sets, valid_sets, valid_qrels)
-    return model
+    return model.fit(train, train_qrels, valid, valid_qrels, loss_fn=pointwise_bce_loss, **settings)

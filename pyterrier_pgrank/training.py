@@ -56,7 +56,8 @@ class PGRankEstimator(pt.Estimator):
     _pgrank_requires_text: bool = True
 
     def fit(self, train: pd.DataFrame, train_qrels: pd.DataFrame, valid: pd.DataFrame | None = None,
-            valid_qrels: pd.DataFrame | None = None, **settings: Any) -> PGRankEstimator:
+            valid_qrels: pd.DataFrame | None = None, *, loss_fn: Callable | None = None,
+            **settings: Any) -> PGRankEstimator:
         """Trains the model on candidate sets: a result frame with qrels, e.g. BM25's top 100.
 
         In a pipeline, ``(bm25 % 100 >> text >> model).fit(topics, qrels, valid_topics, valid_qrels)``
@@ -67,6 +68,8 @@ class PGRankEstimator(pt.Estimator):
             train_qrels: Qrels with ``qid, docno, label``; unjudged candidates count as non-relevant.
             valid: Result frame for validation (early stopping and keeping the best weights), or ``None``.
             valid_qrels: Qrels for ``valid``.
+            loss_fn: The loss, called like :func:`~pyterrier_pgrank.estimators.pg_loss` (the default); e.g.
+                :func:`~pyterrier_pgrank.pointwise.pointwise_bce_loss` for a pointwise baseline.
             **settings: Overrides of :class:`TrainingSettings` fields for this call.
 
         Returns:
@@ -83,7 +86,7 @@ class PGRankEstimator(pt.Estimator):
         if valid is not None:
             valid_sets = build_candidate_sets(valid, valid_qrels, relevance_level=level, drop_unlearnable=False,
                                               require_text=self._pgrank_requires_text, what="validation frame")
-        self.training_history = Trainer(self, settings).fit(train_sets, valid_sets, valid_qrels)
+        self.training_history = Trainer(self, settings, loss_fn).fit(train_sets, valid_sets, valid_qrels)
         return self
 
 
