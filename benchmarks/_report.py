@@ -1,17 +1,26 @@
 """Markdown tables of benchmark results, for BENCHMARKS.md."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 
 def experiment_markdown(table: pd.DataFrame, measures: list[str]) -> str:
-    """A pt.Experiment frame as a Markdown table; ``*`` marks a significant difference from BM25 (Holm)."""
+    """A pt.Experiment frame as a Markdown table; ``*`` marks a significant difference from BM25 (Holm).
+
+    A system whose per-query values all equal the baseline's has no p-value (NaN), and is not marked.
+    """
     measures_ = [m for m in measures if m in table.columns]
     lines = ["| system | " + " | ".join(measures_) + " |", "|---" * (len(measures_) + 1) + "|"]
     for _, row in table.iterrows():
-        cells = [f"{row[m]:.4f}" + ("*" if bool(row.get(f"{m} reject", False)) else "") for m in measures_]
+        cells = [f"{row[m]:.4f}" + ("*" if _significant(row.get(f"{m} p-value corrected")) else "") for m in measures_]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _significant(p_value) -> bool:
+    return p_value is not None and math.isfinite(p_value) and p_value < 0.05
 
 
 def efficiency_markdown(results: dict) -> str:
