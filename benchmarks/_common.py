@@ -127,34 +127,6 @@ def _status_kb(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status (peak memory is measured on Linux only)")
 
 
-def corpus_index(encoder, dataset, path: Path, *, reuse: bool = True, verbose: bool = True):
-    """A ``FlexIndex`` at ``path`` of ``dataset``'s corpus encoded by ``encoder`` (a pyterrier-dr ``BiEncoder``).
-
-    Args:
-        encoder: Its document encoder fills the index.
-        dataset: A :class:`pyterrier_pgrank.experiments.RetrievalDataset`.
-        path: The index folder.
-        reuse: Keep an index already built at ``path``; otherwise encode again (for freshly trained models).
-        verbose: Progress bar while encoding.
-    """
-    from pyterrier_dr import FlexIndex
-
-    path = Path(path)
-    if not (reuse and index_complete(path)):
-        logger.info("encoding %s with %r into %s", dataset.corpus_id, encoder, path)
-        tmp = path.with_name(path.name + ".tmp")  # moved into place once complete
-        (encoder.doc_encoder() >> FlexIndex(str(tmp), verbose=verbose).indexer(mode="overwrite")).index(
-            dataset.corpus_iter())
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    return FlexIndex(str(path), verbose=verbose)
-
-
-def index_complete(path: Path) -> bool:
-    """Whether a ``FlexIndex`` folder was completely written (``FlexIndex.built`` only checks that it exists)."""
-    return (Path(path) / "pt_meta.json").is_file()
-
-
 def zero_shot_index(model_path: str, dataset, *, batch_size: int = 32, max_length: int | None = None,
                     cache_dir: Path | None = None, verbose: bool = True):
     """pyterrier-dr's ``SBertBiEncoder`` of ``model_path`` and its ``FlexIndex`` of the corpus, built once.
@@ -168,7 +140,7 @@ def zero_shot_index(model_path: str, dataset, *, batch_size: int = 32, max_lengt
     if max_length:
         encoder.model.max_seq_length = max_length
     path = zero_shot_index_path(model_path, encoder.model.max_seq_length, dataset.corpus_id, cache_dir)
-    return encoder, corpus_index(encoder, dataset, path, verbose=verbose)
+    return encoder, dataset.dense_index(encoder, path, verbose=verbose)
 
 
 def zero_shot_index_path(model_path: str, max_length: int, corpus_id: str, cache_dir: Path | None = None) -> Path:

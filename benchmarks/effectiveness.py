@@ -70,7 +70,7 @@ class Collections:
                                                   max_length=self.args.max_length)
             else:
                 path = self.args.work / "indexes" / f"{doc_key}-{common.safe_name(dataset.corpus_id)}"
-                index = common.corpus_index(encoder, dataset, path, reuse=False)
+                index = dataset.dense_index(encoder, path, reuse=False)
             self._indexes[key] = index
         return self._indexes[key]
 

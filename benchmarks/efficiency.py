@@ -135,12 +135,12 @@ def load_query_tower_model(args, sets: list):
 def _built_zero_shot_index(args):
     from pyterrier_dr import FlexIndex
 
-    from pyterrier_pgrank.experiments import load_dataset
+    from pyterrier_pgrank.experiments import dense_index_complete, load_dataset
 
     if args.model != common.minilm_path():
         return None
     path = common.zero_shot_index_path(args.model, args.max_length, load_dataset(args.dataset).corpus_id)
-    return FlexIndex(str(path), verbose=False) if common.index_complete(path) else None
+    return FlexIndex(str(path), verbose=False) if dense_index_complete(path) else None
 
 
 def run_throughput(args) -> dict:

@@ -64,20 +64,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def corpus_index(encoder: PGRankBiEncoder, dataset, path: Path):
-    """The ``FlexIndex`` of the corpus encoded by ``encoder``'s document tower, built unless already there."""
-    from pyterrier_dr import FlexIndex
-
-    index = FlexIndex(str(path), verbose=encoder.verbose)
-    if not index.built():
-        start = time.time()
-        (encoder.doc_encoder() >> index.indexer(mode="overwrite")).index(dataset.corpus_iter())
-        logger.info("encoded %d documents into %s in %.0fs", len(index), path, time.time() - start)
-    else:
-        logger.info("reusing the index %s (%d documents)", path, len(index))
-    return index
-
-
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -109,7 +95,7 @@ def main() -> None:
     model = PGRankBiEncoder.from_pretrained(args.model, train_towers=args.towers, temperature=args.temperature,
                                             **options)
     if args.towers == "query":
-        model.cache_doc_vectors(corpus_index(zero_shot, train, index_path))
+        model.cache_doc_vectors(train.dense_index(zero_shot, index_path, verbose=zero_shot.verbose))
 
     # train with PG-Rank, validating on the dev split
     start = time.time()
@@ -129,8 +115,9 @@ def main() -> None:
         return
 
     # the trained document tower differs only when both towers trained: then the corpus is encoded again
-    index = corpus_index(zero_shot, train, index_path)
-    pg_index = index if model.doc_tower is not None else corpus_index(model, train, out / "index")
+    index = train.dense_index(zero_shot, index_path, verbose=zero_shot.verbose)
+    pg_index = index if model.doc_tower is not None else train.dense_index(model, out / "index", reuse=False,
+                                                                           verbose=model.verbose)
 
     # evaluate on the test topics
     systems = {

@@ -108,6 +108,35 @@ class RetrievalDataset:
         index = self.bm25_index(cache_dir, threads=threads)
         return index.bm25(k1=k1, b=b, num_results=num_results, threads=threads, verbose=verbose)
 
+    def dense_index(self, encoder: pt.Transformer, path: str | Path, *, reuse: bool = True, verbose: bool = True):
+        """A pyterrier-dr ``FlexIndex`` at ``path`` of the corpus encoded by ``encoder``'s document tower.
+
+        The corpus is encoded into a temporary folder that replaces ``path`` once complete, so an interrupted
+        run never leaves a truncated index behind to be reused.
+
+        Args:
+            encoder: A pyterrier-dr ``BiEncoder``; its ``doc_encoder()`` fills the index.
+            path: The index folder.
+            reuse: Keep an index already complete at ``path`` (``False``: encode again, e.g. after training).
+            verbose: Progress bar while encoding.
+        """
+        from pyterrier_dr import FlexIndex
+
+        path = Path(path)
+        if not (reuse and dense_index_complete(path)):
+            logger.info("encoding %s with %r into %s", self.corpus_id, encoder, path)
+            tmp = path.with_name(path.name + ".tmp")
+            indexer = FlexIndex(str(tmp), verbose=verbose).indexer(mode="overwrite")
+            (encoder.doc_encoder() >> indexer).index(self.corpus_iter())
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        return FlexIndex(str(path), verbose=verbose)
+
+
+def dense_index_complete(path: str | Path) -> bool:
+    """Whether a ``FlexIndex`` folder was completely written (``FlexIndex.built`` only checks that it exists)."""
+    return (Path(path) / "pt_meta.json").is_file()
+
 
 class TextLoader(pt.Transformer):
     """Adds the ``text`` column to a result frame from an in-memory ``docno -> text`` mapping.

@@ -90,6 +90,22 @@ def test_bm25_ranks_matching_document_first_and_reuses_index(beir_folder, tmp_pa
     assert len(index_dirs) == 1 and (index_dirs[0] / "pt_meta.json").stat().st_mtime_ns == stamp
 
 
+def test_dense_index_encodes_corpus_once_and_replaces_incomplete_folder(beir_folder, tmp_path, tiny_bert_dir):
+    from pyterrier_pgrank import PGRankBiEncoder
+
+    dataset = load_dataset(str(beir_folder))
+    encoder = PGRankBiEncoder.from_pretrained(str(tiny_bert_dir), max_length=32)
+    path = tmp_path / "dense"
+    path.mkdir()  # a folder left by an interrupted run: not a complete index
+    index = dataset.dense_index(encoder, path, verbose=False)
+    assert len(index) == sum(1 for _ in dataset.corpus_iter())
+    stamp = (path / "pt_meta.json").stat().st_mtime_ns
+    dataset.dense_index(encoder, path, verbose=False)  # complete now: reused, not rewritten
+    assert (path / "pt_meta.json").stat().st_mtime_ns == stamp
+    res = (encoder.query_encoder() >> index.retriever(num_results=3))(dataset.topics)
+    assert set(res["docno"]) <= {d["docno"] for d in dataset.corpus_iter()} and len(res) > 0
+
+
 def test_text_loader_warns_on_unknown_docno():
     res = pd.DataFrame({"qid": ["q1", "q1"], "docno": ["a", "zz"], "score": [2.0, 1.0]})
     with pytest.warns(UserWarning, match="1 of 2 docnos"):
