@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from pyterrier_pgrank.estimators import ESTIMATORS
+
 __all__ = ["TrainingSettings"]
 
 # settings that change the trajectory of a run; resuming with different values warns
@@ -77,8 +79,8 @@ class TrainingSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        if self.estimator not in ("plrank", "reinforce"):
-            raise ValueError(f"estimator must be 'plrank' or 'reinforce', got {self.estimator!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if not (self.lr > 0 and self.warmup >= 0 and self.weight_decay >= 0):
             raise ValueError(f"expected lr > 0, warmup >= 0, weight_decay >= 0; got {self.lr}, {self.warmup}, "
                              f"{self.weight_decay}")
