@@ -11,6 +11,8 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -155,6 +157,23 @@ def zero_shot_index_path(model_path: str, max_length: int, corpus_id: str, cache
 def safe_name(name: str) -> str:
     """``name`` with every character but letters, digits and ``-_.`` replaced by ``_`` (for folder names)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def torchrun(n_processes: int) -> list[str]:
+    """The command prefix that launches a script in ``n_processes`` local processes with ``torchrun``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}"]
+
+
+def run_json_probe(command: list[str], what: str) -> dict[str, Any]:
+    """Runs ``command`` in a fresh process and returns the JSON object on the last line of its output.
+
+    Raises:
+        RuntimeError: When the command fails, with the end of its error output.
+    """
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -10,7 +10,10 @@ Sections (``--sections``, all by default):
 - ``memory``: peak memory of one training step against candidates per query, each in a fresh process,
   for the chunked backward and, as a contrast, a naive step that keeps every candidate's graph;
 - ``rerank``: re-ranking throughput of ``PGRankBiEncoder.text_scorer()`` against pyterrier-dr's
-  ``SBertBiEncoder`` on the same checkpoint, and of the cross-encoder.
+  ``SBertBiEncoder`` on the same checkpoint, and of the cross-encoder;
+- ``scaling``: seconds per step and queries per second of the same global batch in 1 and more processes
+  (``--processes``), each count launched with ``torchrun``: gloo on CPU, where the cores are split
+  evenly between the processes, and one GPU per process with NCCL.
 
 Timings come from the real :class:`~pyterrier_pgrank.training.Trainer`, whose model hooks, loss and
 optimizer step are wrapped with timers; the first step of each run is a warm-up and is not counted.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 logger = logging.getLogger("efficiency")
-SECTIONS = ("throughput", "share", "memory", "rerank")
+SECTIONS = ("throughput", "share", "memory", "rerank", "scaling")
 
 
 def candidate_sets(args, n_candidates: int, n_sets: int, offset: int = 0) -> list:
@@ -57,7 +60,11 @@ def load_biencoder(args, towers: str):
 
 
 def time_pgrank(model, sets: list, args, *, n_samples: int, estimator: str = "plrank") -> dict:
-    """Mean per-step seconds of each phase of ``Trainer`` steps on ``sets`` (first step not counted)."""
+    """Mean per-step seconds of each phase of ``Trainer`` steps on ``sets`` (first step not counted).
+
+    ``allreduce`` is the sum of the gradients over processes (nothing in one process); ``step_median_s``
+    is the median step, ``steps_s`` every timed step.
+    """
     from pyterrier_pgrank.settings import TrainingSettings
     from pyterrier_pgrank.training import Trainer
 
@@ -69,6 +76,7 @@ def time_pgrank(model, sets: list, args, *, n_samples: int, estimator: str = "pl
         setattr(model, hook, timer.wrap(hook, getattr(model, hook)))
     trainer.loss_fn = timer.wrap("loss", trainer.loss_fn)
     trainer.optimizer.step = timer.wrap("update", trainer.optimizer.step)
+    trainer.dist.sum_gradients = timer.wrap("allreduce", trainer.dist.sum_gradients)
     try:
         trainer.fit(sets)
     finally:
@@ -77,11 +85,12 @@ def time_pgrank(model, sets: list, args, *, n_samples: int, estimator: str = "pl
     steps = np.diff(timer.ends["update"])  # [steps]: from the end of one update to the end of the next
     phases = {name: float(np.mean(timer.calls[hook][1:])) for name, hook in
               (("scores", "_pgrank_scores"), ("loss", "loss"), ("backward", "_pgrank_backward"),
-               ("update", "update"))}
+               ("allreduce", "allreduce"), ("update", "update"))}
     step = float(np.mean(steps))  # means, so that step = sum of phases + other
     other = step - sum(phases.values())
     n_docs = args.queries_per_step * len(sets[0])
-    return {"step_s": step, **{f"{k}_s": v for k, v in phases.items()}, "other_s": other,
+    return {"step_s": step, "step_median_s": float(np.median(steps)), "steps_s": steps.tolist(),
+            **{f"{k}_s": v for k, v in phases.items()}, "other_s": other,
             "prepare_s": timer.calls["_pgrank_prepare"][0], "loss_share": phases["loss"] / step,
             "outside_encoder_share": (phases["loss"] + other) / step,
             "queries_per_s": args.queries_per_step / step, "docs_per_s": n_docs / step}
@@ -218,10 +227,7 @@ def run_memory(args) -> list[dict]:
     settings += [("crossencoder", "chunked", n) for n in args.memory_candidates]
     for kind, method, n in settings:
         command = [sys.executable, __file__, "--memory-probe", f"{kind}:{method}:{n}", *args.argv]
-        out = subprocess.run(command, capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"memory probe {kind}:{method}:{n} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(common.run_json_probe(command, f"memory probe {kind}:{method}:{n}"))
         logger.info("memory %s", rows[-1])
     return rows
 
@@ -259,6 +265,74 @@ def run_rerank(args) -> dict:
     return out
 
 
+def scaling_probe(args, towers: str, threads: int) -> dict | None:
+    """Times training steps in one process of a ``torchrun`` launch; returns rank 0's row, ``None`` elsewhere.
+
+    On CPU each process uses ``threads`` threads.
+    """
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if torch.device(args.device).type == "cuda":
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    else:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)  # the same random document vectors, if any, on every rank
+    sets = candidate_sets(args, args.candidates, args.queries_per_step * (args.steps + 1))
+    model = load_query_tower_model(args, sets) if towers == "query" else load_biencoder(args, "both")
+    row = time_pgrank(model, sets, args, n_samples=args.n_samples)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if rank > 0:
+        return None
+    if towers == "query":
+        row["doc_vectors"] = args.doc_vectors
+    return {"towers": towers, "processes": world_size, "threads_per_process": torch.get_num_threads(),
+            "queries_per_step": args.queries_per_step,
+            "median_queries_per_s": args.queries_per_step / row["step_median_s"], **row}
+
+
+def run_scaling(args) -> list[dict]:
+    """Times every process count of ``--processes`` in turn, each in a fresh ``torchrun`` launch.
+
+    On CPU the cores are split evenly between the processes, and a last run of one process with the threads
+    of one process of the largest count separates the effect of the processes from that of the threads.
+    """
+    cores = os.cpu_count() or 1
+    runs = [(n, max(1, cores // n)) for n in args.processes]
+    if torch.device(args.device).type == "cpu" and runs[-1][1] != runs[0][1]:
+        runs.append((1, runs[-1][1]))
+    rows = []
+    for towers in args.scaling_towers:
+        single = None
+        for n, threads in runs:
+            command = [*common.torchrun(n), __file__, "--scaling-probe", f"{towers}:{threads}", *args.argv]
+            row = common.run_json_probe(command, f"scaling probe {towers} in {n} processes of {threads} threads")
+            single = single or row
+            rows.append({**row, "speedup": single["step_median_s"] / row["step_median_s"]})
+            logger.info("scaling %s", rows[-1])
+        timed = rows[-len(runs):]
+        for row in timed:  # against one process of as many threads, where it was timed
+            same = [r for r in timed if r["processes"] == 1 and r["threads_per_process"] == row["threads_per_process"]]
+            if same and row["processes"] > 1:
+                row["speedup_same_threads"] = same[0]["step_median_s"] / row["step_median_s"]
+    return rows
+
+
+def scaling_markdown(rows: list[dict]) -> str:
+    """The ``scaling`` section as a Markdown table.
+
+    The speed-up is against the first run (one process); the last column against one process with the
+    threads of one of these processes.
+    """
+    out = ["| towers | processes | threads/process | s/step (median) | queries/s | all-reduce s/step | speed-up | "
+           "vs 1 process, same threads |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        same = f"{row['speedup_same_threads']:.2f}x" if "speedup_same_threads" in row else "-"
+        out.append(f"| {row['towers']} | {row['processes']} | {row['threads_per_process']} | "
+                   f"{row['step_median_s']:.2f} | {row['median_queries_per_s']:.3f} | {row['allreduce_s']:.3f} | "
+                   f"{row['speedup']:.2f}x | {same} |")
+    return "\n".join(out)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
@@ -280,13 +354,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--naive-max-candidates", type=int, default=32)
     parser.add_argument("--rerank-queries", type=int, default=10)
     parser.add_argument("--rerank-depth", type=int, default=50)
+    parser.add_argument("--processes", type=int, nargs="+", default=None,
+                        help="process counts in 'scaling' (default: 1 2 on CPU, 1 to every GPU on CUDA)")
+    parser.add_argument("--scaling-towers", nargs="+", choices=("query", "both"), default=["query", "both"])
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/)")
     parser.add_argument("--markdown", type=Path, nargs="+", default=None,
                         help="print the tables of results files and exit")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.model = args.model or common.minilm_path()
+    if args.processes is None:
+        cuda = torch.device(args.device).type == "cuda"
+        args.processes = list(range(1, torch.cuda.device_count() + 1)) if cuda else [1, 2]
     return args
 
 
@@ -295,16 +376,26 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.markdown:
         for path in args.markdown:
-            print(report.efficiency_markdown(json.loads(path.read_text())))
+            results = json.loads(path.read_text())
+            print(report.efficiency_markdown(results))
+            if "scaling" in results:
+                print(scaling_markdown(results["scaling"]))
         return
     if args.memory_probe:
         kind, method, n = args.memory_probe.split(":")
         print(json.dumps(memory_probe(args, kind, method, int(n))))
         return
+    if args.scaling_probe:
+        towers, threads = args.scaling_probe.split(":")
+        row = scaling_probe(args, towers, int(threads))
+        if row is not None:
+            print(json.dumps(row))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = {k: v for k, v in vars(args).items() if k not in ("memory_probe", "argv")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("memory_probe", "scaling_probe", "argv")}
     results = {"machine": common.machine(), "settings": settings}
-    runners = {"throughput": run_throughput, "share": run_share, "memory": run_memory, "rerank": run_rerank}
+    runners = {"throughput": run_throughput, "share": run_share, "memory": run_memory, "rerank": run_rerank,
+               "scaling": run_scaling}
     out = args.out or Path(__file__).parent / "results" / f"efficiency-{torch.device(args.device).type}.json"
     for section in args.sections:
         with common.stopwatch() as elapsed:
