@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -255,12 +256,19 @@ def run_rerank(args) -> dict:
         "sentence_transformers_cross_encoder": lambda frame: st_cross.predict(
             list(zip(frame["query"], frame["text"])), batch_size=args.batch_size),
     }
-    out = {}
-    for name, scorer in scorers.items():
+    # round-robin repeats, so that a drift in the machine's speed hits every scorer alike; median per scorer
+    for scorer in scorers.values():
         scorer(warm)
-        with common.stopwatch(args.device) as elapsed:
-            scorer(timed)
-        out[name] = {"pairs": len(timed), "seconds": elapsed(), "pairs_per_s": len(timed) / elapsed()}
+    seconds: dict[str, list[float]] = {name: [] for name in scorers}
+    for _ in range(args.rerank_repeats):
+        for name, scorer in scorers.items():
+            with common.stopwatch(args.device) as elapsed:
+                scorer(timed)
+            seconds[name].append(elapsed())
+    out = {}
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        out[name] = {"pairs": len(timed), "seconds": median, "pairs_per_s": len(timed) / median, "all_seconds": times}
         logger.info("rerank %s %s", name, out[name])
     return out
 
@@ -354,6 +362,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--naive-max-candidates", type=int, default=32)
     parser.add_argument("--rerank-queries", type=int, default=10)
     parser.add_argument("--rerank-depth", type=int, default=50)
+    parser.add_argument("--rerank-repeats", type=int, default=3, help="timed passes per re-ranker (median kept)")
     parser.add_argument("--processes", type=int, nargs="+", default=None,
                         help="process counts in 'scaling' (default: 1 2 on CPU, 1 to every GPU on CUDA)")
     parser.add_argument("--scaling-towers", nargs="+", choices=("query", "both"), default=["query", "both"])
