@@ -1,8 +1,9 @@
 """Figures for BENCHMARKS.md, drawn from the JSON files the benchmark scripts write.
 
 - ``dev-curves.png``: validation score against training step for every trained system and learning rate
-  of an ``effectiveness.py`` run (and, with ``--rerank``, the two cross-encoders of
-  ``examples/scifact_rerank.py``, read from their ``history.json``);
+  of an ``effectiveness.py`` run;
+- ``rerank-dev-curves.png``: the same for the cross-encoders of ``examples/scifact_rerank.py``, read from
+  the ``history.json`` of each ``cross_encoder_<loss>`` folder (or ``history-<loss>.json`` files);
 - ``memory.png``: peak memory of a training step against candidates per query (``efficiency.py --sections
   memory``), chunked backward against keeping every graph.
 
@@ -21,31 +22,41 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def dev_curves(effectiveness: Path | None, rerank: Path | None, path: Path) -> None:
-    """One line per (system, learning rate), dev score against step; the chosen run drawn solid."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    if effectiveness is not None:
-        data = json.loads(effectiveness.read_text())
-        for system, info in data.get("training", {}).items():
-            chosen = info.get("chosen", {}).get("lr")
-            for run in info.get("runs", []):
-                steps = [point["step"] for point in run["dev_curve"]]
-                scores = [point["score"] for point in run["dev_curve"]]
-                style = "-" if run["lr"] == chosen else ":"
-                ax.plot(steps, scores, style, marker=".", label=f"{system} (lr {run['lr']:g}, {info['utility']})")
-    if rerank is not None:
-        for folder in sorted(rerank.glob("cross_encoder_*")):
-            history = json.loads((folder / "history.json").read_text())
-            steps = [point["step"] for point in history["valid"]]
-            scores = [point["score"] for point in history["valid"]]
-            ax.plot(steps, scores, "--", marker=".", label=folder.name.replace("_", " "))
+def _finish(fig, ax, path: Path, ylabel: str) -> None:
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("dev score (the training utility)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def dev_curves(effectiveness: Path, path: Path) -> None:
+    """One line per (system, learning rate), dev score against step; the chosen run drawn solid."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    data = json.loads(effectiveness.read_text())
+    for system, info in data.get("training", {}).items():
+        chosen = info.get("chosen", {}).get("lr")
+        for run in info.get("runs", []):
+            steps = [point["step"] for point in run["dev_curve"]]
+            scores = [point["score"] for point in run["dev_curve"]]
+            style = "-" if run["lr"] == chosen else ":"
+            ax.plot(steps, scores, style, marker=".", label=f"{system} (lr {run['lr']:g}, {info['utility']})")
+    _finish(fig, ax, path, "dev score (each model's training utility)")
+
+
+def rerank_dev_curves(folder: Path, path: Path) -> None:
+    """Dev nDCG@10 against step of each cross-encoder of a ``scifact_rerank.py`` run."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    histories = {f.parent.name.removeprefix("cross_encoder_"): f for f in folder.glob("cross_encoder_*/history.json")}
+    histories.update({f.stem.removeprefix("history-"): f for f in folder.glob("history-*.json")})
+    for loss, file in sorted(histories.items()):
+        history = json.loads(file.read_text())
+        steps = [point["step"] for point in history["valid"]]
+        scores = [point["score"] for point in history["valid"]]
+        ax.plot(steps, scores, marker="o", label=f"cross-encoder, {loss}")
+    _finish(fig, ax, path, f"dev {history['measure']}")
 
 
 def memory(results: Path, path: Path) -> None:
@@ -74,8 +85,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.effectiveness or args.rerank:
-        dev_curves(args.effectiveness, args.rerank, args.out / "dev-curves.png")
+    if args.effectiveness:
+        dev_curves(args.effectiveness, args.out / "dev-curves.png")
+    if args.rerank:
+        rerank_dev_curves(args.rerank, args.out / "rerank-dev-curves.png")
     if args.memory:
         memory(args.memory, args.out / "memory.png")
 
