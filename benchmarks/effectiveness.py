@@ -20,6 +20,7 @@ Example: ``python benchmarks/effectiveness.py --systems bm25 zeroshot pg-query-p
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -96,14 +97,14 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
             path, info = baselines.train_mnrl(args, data)
             model = SBertBiEncoder(path, batch_size=args.batch_size)
             model.model.max_seq_length = args.max_length
-            biencoders.append((f"{args.label} MNRL", model, system))
+            biencoders.append((tables.system_label(system, args.label), model, system))
         elif system.startswith("ce-"):
-            cross[f"{args.label} {system}"], info = baselines.train_cross_encoder(args, system, data)
+            cross[tables.system_label(system, args.label)], info = baselines.train_cross_encoder(args, system, data)
         else:
             zero_shot = collections.index("zeroshot", None, args.train)
             model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
             doc_key = "zeroshot" if model.train_towers == "query" else system  # query tower: documents unchanged
-            biencoders.append((f"{args.label} {system}", model, doc_key))
+            biencoders.append((tables.system_label(system, args.label), model, doc_key))
         report["train_seconds"][system] = time.perf_counter() - start  # the learning-rate sweep included
         report["training"][system] = info
     return biencoders, cross, report
@@ -179,6 +180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-dev-queries", type=int, default=None, help="cap on dev topics (budget)")
     parser.add_argument("--work", type=Path, default=None, help="models and indexes (default: the cache folder)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "effectiveness.json")
+    parser.add_argument("--report", type=Path, nargs="+", default=None,
+                        help="print the Markdown tables of these results files instead of running")
     return parser.parse_args(argv)
 
 
@@ -187,6 +190,10 @@ def main(argv=None) -> None:
     from pyterrier_pgrank.experiments import default_cache_dir
 
     args = parse_args(argv)
+    if args.report:
+        for path in args.report:
+            print(f"## {path}\n\n{tables.effectiveness_markdown(json.loads(path.read_text()))}\n")
+        return
     args.label = "MiniLM" if args.model is None else Path(args.model).name
     args.model = args.model or common.minilm_path()
     args.work = args.work or default_cache_dir() / "benchmarks"
