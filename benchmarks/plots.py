@@ -1,7 +1,7 @@
 """Figures for BENCHMARKS.md, drawn from the JSON files the benchmark scripts write.
 
-- ``dev-curves.png``: validation score against training step for every trained system and learning rate
-  of an ``effectiveness.py`` run;
+- ``dev-curves-<run>.png``: validation score against training step for every trained system and learning
+  rate of an ``effectiveness.py`` run (``effectiveness-<run>.json``);
 - ``rerank-dev-curves.png``: the same for the cross-encoders of ``examples/scifact_rerank.py``, read from
   the ``history.json`` of each ``cross_encoder_<loss>`` folder (or ``history-<loss>.json`` files);
 - ``memory.png``: peak memory of a training step against candidates per query (``efficiency.py --sections
@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _report import system_label  # noqa: E402
 
 
 def _finish(fig, ax, path: Path, ylabel: str) -> None:
@@ -38,11 +39,12 @@ def dev_curves(effectiveness: Path, path: Path) -> None:
     data = json.loads(effectiveness.read_text())
     for system, info in data.get("training", {}).items():
         chosen = info.get("chosen", {}).get("lr")
-        for run in info.get("runs", []):
+        runs = info.get("runs", [info] if "dev_curve" in info else [])  # cross-encoders: one run, one rate
+        for run in runs:
             steps = [point["step"] for point in run["dev_curve"]]
             scores = [point["score"] for point in run["dev_curve"]]
-            style = "-" if run["lr"] == chosen else ":"
-            ax.plot(steps, scores, style, marker=".", label=f"{system} (lr {run['lr']:g}, {info['utility']})")
+            style = "-" if run["lr"] == chosen or len(runs) == 1 else ":"
+            ax.plot(steps, scores, style, marker=".", label=f"{system_label(system, '').strip()}, lr {run['lr']:g}")
     _finish(fig, ax, path, "dev score (each model's training utility)")
 
 
@@ -79,14 +81,14 @@ def memory(results: Path, path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--effectiveness", type=Path, default=None, help="an effectiveness.py results file")
+    parser.add_argument("--effectiveness", type=Path, nargs="*", default=[], help="effectiveness.py results files")
     parser.add_argument("--rerank", type=Path, default=None, help="an examples/scifact_rerank.py output folder")
     parser.add_argument("--memory", type=Path, default=None, help="an efficiency.py results file with 'memory'")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.effectiveness:
-        dev_curves(args.effectiveness, args.out / "dev-curves.png")
+    for results in args.effectiveness:  # one figure per run: each run validates on its own dev topics
+        dev_curves(results, args.out / f"dev-curves-{results.stem.removeprefix('effectiveness-')}.png")
     if args.rerank:
         rerank_dev_curves(args.rerank, args.out / "rerank-dev-curves.png")
     if args.memory:
