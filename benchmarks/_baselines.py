@@ -76,7 +76,7 @@ def mnrl_examples(res: pd.DataFrame, qrels: pd.DataFrame, n_negatives: int) -> l
     return examples
 
 
-def train_mnrl(args, data: dict) -> tuple[str, dict]:
+def train_mnrl(args, data: dict, lr: float) -> tuple[str, dict]:
     """sentence-transformers' own loop (``old_fit``) with ``MultipleNegativesRankingLoss``; returns the folder.
 
     In-batch negatives come from the other queries of the batch (a ``NoDuplicatesDataLoader`` keeps a text
@@ -93,11 +93,11 @@ def train_mnrl(args, data: dict) -> tuple[str, dict]:
     steps = len(loader) * args.epochs
     start = time.perf_counter()
     model.old_fit(train_objectives=[(loader, MultipleNegativesRankingLoss(model))], epochs=args.epochs,
-                  warmup_steps=int(0.1 * steps), optimizer_params={"lr": args.mnrl_lr}, show_progress_bar=False)
+                  warmup_steps=int(0.1 * steps), optimizer_params={"lr": lr}, show_progress_bar=False)
     seconds = time.perf_counter() - start
-    path = args.work / "models" / "mnrl"
+    path = args.work / "models" / f"mnrl-lr{lr:g}"
     model.save(str(path))
-    return str(path), {"examples": len(examples), "steps": steps, "lr": args.mnrl_lr, "seconds": seconds}
+    return str(path), {"examples": len(examples), "steps": steps, "lr": lr, "seconds": seconds}
 
 
 def train_cross_encoder(args, system: str, data: dict) -> tuple[object, dict]:

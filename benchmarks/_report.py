@@ -94,6 +94,6 @@ def effectiveness_markdown(data: dict) -> str:
             chosen = info.get("chosen", info)
             score, step = chosen.get("dev_score"), chosen.get("best_step")
             out.append(f"| {system_label(system, label)} | {chosen.get('lr', '-'):g} | "
-                       + (f"{score:.4f} | {step}" if score is not None else "- | -")
+                       + (f"{score:.4f} | {'end' if step is None else step}" if score is not None else "- | -")
                        + f" | {data['train_seconds'][system]:.0f} |")
     return "\n".join(out)

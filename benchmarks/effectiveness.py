@@ -84,20 +84,46 @@ def biencoder_pipelines(label: str, encoder, doc_key: str, collections: Collecti
             f"{label} dense": query_encoder >> index.retriever(num_results=collections.args.depth)}
 
 
-def train_systems(args, data: dict, collections: Collections) -> tuple[list, dict, dict]:
-    """Trains the selected systems; returns bi-encoders ``(label, model, doc_key)``, cross-encoders, report."""
+def train_mnrl(args, data: dict, collections: Collections) -> tuple[object, str, dict]:
+    """The contrastive baseline once per learning rate of ``--lrs``; keeps the best dev nDCG@10.
+
+    PG-Rank validates on the dev candidate sets as it trains; MNRL has no such loop, so each trained model
+    encodes the training corpus into its own index and re-ranks the dev topics' BM25 candidates from it.
+    The chosen model's index then serves the evaluation when the evaluation collection shares the corpus.
+
+    Returns:
+        The chosen model, the key of its document index, and a record of every run.
+    """
+    from ir_measures import nDCG
     from pyterrier_dr import SBertBiEncoder
 
+    dev_qrels = data["qrels"][data["qrels"]["qid"].isin(data["dev"]["qid"])]  # else other topics count as 0
+    runs, best = [], None
+    for lr in args.lrs:
+        path, info = baselines.train_mnrl(args, data, lr)
+        model = SBertBiEncoder(path, batch_size=args.batch_size)
+        model.model.max_seq_length = args.max_length
+        doc_key = f"mnrl-lr{lr:g}"
+        index = collections.index(doc_key, model, args.train)
+        dev_run = (model.query_encoder() >> index.scorer())(data["dev"][["qid", "query", "docno"]])
+        info["dev_score"] = pt.Evaluate(dev_run, dev_qrels, metrics=[nDCG @ 10])["nDCG@10"]
+        runs.append(info)
+        logger.info("mnrl lr=%g: dev nDCG@10=%.4f", lr, info["dev_score"])
+        if best is None or info["dev_score"] > best[2]["dev_score"]:
+            best = (model, doc_key, info)
+    return best[0], best[1], {"utility": "nDCG@10", "chosen": best[2], "runs": runs}
+
+
+def train_systems(args, data: dict, collections: Collections) -> tuple[list, dict, dict]:
+    """Trains the selected systems; returns bi-encoders ``(label, model, doc_key)``, cross-encoders, report."""
     biencoders, cross, report = [], {}, {"train_seconds": {}, "training": {}}
     for system in args.systems:
         if system in ("bm25", "zeroshot"):
             continue
         start = time.perf_counter()
         if system == "mnrl":
-            path, info = baselines.train_mnrl(args, data)
-            model = SBertBiEncoder(path, batch_size=args.batch_size)
-            model.model.max_seq_length = args.max_length
-            biencoders.append((tables.system_label(system, args.label), model, system))
+            model, doc_key, info = train_mnrl(args, data, collections)
+            biencoders.append((tables.system_label(system, args.label), model, doc_key))
         elif system.startswith("ce-"):
             cross[tables.system_label(system, args.label)], info = baselines.train_cross_encoder(args, system, data)
         else:
@@ -166,12 +192,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--queries-per-step", type=int, default=8, help="queries per update (MNRL batch size)")
     parser.add_argument("--n-samples", type=int, default=32)
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-5, 1e-4],
-                        help="PG-Rank learning rates tried; the best on the dev split is kept")
+                        help="bi-encoder learning rates tried (PG-Rank and MNRL); the best on the dev split is kept")
     parser.add_argument("--eval-every", type=int, default=20, help="dev validations every so many steps")
     parser.add_argument("--patience", type=int, default=None, help="stop after so many validations without gain")
     parser.add_argument("--temperature", type=float, default=None,
                         help="PG-Rank bi-encoder policy temperature (default: the model's own)")
-    parser.add_argument("--mnrl-lr", type=float, default=2e-5)
     parser.add_argument("--mnrl-negatives", type=int, default=3, help="BM25 hard negatives per query for MNRL")
     parser.add_argument("--both-depth", type=int, default=20, help="candidates per query when both towers train")
     parser.add_argument("--ce-depth", type=int, default=30, help="candidates a cross-encoder trains on and re-ranks")

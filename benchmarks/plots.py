@@ -39,7 +39,7 @@ def dev_curves(effectiveness: Path, path: Path) -> None:
     data = json.loads(effectiveness.read_text())
     for system, info in data.get("training", {}).items():
         chosen = info.get("chosen", {}).get("lr")
-        runs = info.get("runs", [info] if "dev_curve" in info else [])  # cross-encoders: one run, one rate
+        runs = [run for run in info.get("runs", [info]) if "dev_curve" in run]  # MNRL has no curve
         for run in runs:
             steps = [point["step"] for point in run["dev_curve"]]
             scores = [point["score"] for point in run["dev_curve"]]
