@@ -15,14 +15,24 @@ Bi-encoders are evaluated from stored vectors: each distinct document is encoded
 tower into a ``FlexIndex`` (query-tower-only models share the zero-shot index, since their document tower
 is the untouched MiniLM), which serves both BM25 re-ranking (``index.scorer()``) and dense retrieval.
 
+A run can be stopped and started again: every trained model is saved in the work folder with a record of
+its training, and every system's ranking of each collection is written there as a TREC run file, so a
+second invocation with the same settings trains and ranks only what is missing (``--fresh`` starts over).
+The work folder is named after the settings that change what is trained, so a run with other settings
+never picks up these models. Significance tests always compare the systems of one invocation side by side
+on the same topics, wherever their rankings were computed.
+
 Example: ``python benchmarks/effectiveness.py --systems bm25 zeroshot pg-query-plrank``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import _baselines as baselines
@@ -61,7 +71,8 @@ class Collections:
         """The ``FlexIndex`` of collection ``name`` by the document tower ``doc_key`` (built once per run).
 
         ``'zeroshot'`` is MiniLM itself, whose indexes persist in the cache folder across runs; any other
-        key names a model trained in this run, whose indexes are rebuilt.
+        key names a model trained with this run's settings, whose indexes persist in the work folder until
+        the model is trained again (:meth:`forget`).
         """
         dataset = self.datasets[name]
         key = (doc_key, dataset.corpus_id)
@@ -70,18 +81,50 @@ class Collections:
                 _, index = common.zero_shot_index(self.args.model, dataset, batch_size=self.args.batch_size,
                                                   max_length=self.args.max_length)
             else:
-                path = self.args.work / "indexes" / f"{doc_key}-{common.safe_name(dataset.corpus_id)}"
-                index = dataset.dense_index(encoder, path, reuse=False)
+                index = dataset.dense_index(encoder, self._index_path(doc_key, dataset.corpus_id))
             self._indexes[key] = index
         return self._indexes[key]
 
+    def _index_path(self, doc_key: str, corpus_id: str) -> Path:
+        return self.args.work / "indexes" / f"{doc_key}-{common.safe_name(corpus_id)}"
+
+    def forget(self, doc_key: str) -> None:
+        """Deletes the indexes and stored rankings of a document tower about to be trained (again)."""
+        for dataset in self.datasets.values():
+            self._indexes.pop((doc_key, dataset.corpus_id), None)
+            shutil.rmtree(self._index_path(doc_key, dataset.corpus_id), ignore_errors=True)
+
 
 def biencoder_pipelines(label: str, encoder, doc_key: str, collections: Collections, name: str) -> dict:
-    """BM25 re-ranked from a bi-encoder's stored vectors, and dense retrieval, on collection ``name``."""
-    index = collections.index(doc_key, encoder, name)
-    query_encoder = encoder.query_encoder()
-    return {f"BM25 >> {label}": collections.bm25(name) >> query_encoder >> index.scorer(),
-            f"{label} dense": query_encoder >> index.retriever(num_results=collections.args.depth)}
+    """BM25 re-ranked from a bi-encoder's stored vectors, and dense retrieval, on collection ``name``.
+
+    Returns:
+        Pipeline name -> function building the pipeline, so that an index is built only for a ranking
+        that is not stored yet.
+    """
+
+    def rerank():
+        index = collections.index(doc_key, encoder, name)
+        return collections.bm25(name) >> encoder.query_encoder() >> index.scorer()
+
+    def dense():
+        index = collections.index(doc_key, encoder, name)
+        return encoder.query_encoder() >> index.retriever(num_results=collections.args.depth)
+
+    return {f"BM25 >> {label}": rerank, f"{label} dense": dense}
+
+
+def stored_run(path: Path, build: Callable[[], pt.Transformer], topics) -> object:
+    """The ranking of ``topics`` stored at ``path`` (TREC format), computed by ``build()`` when missing."""
+    if path.exists():
+        logger.info("reusing %s", path)
+        return pt.io.read_results(str(path))
+    res = build()(topics)
+    tmp = path.with_name(path.name + ".tmp.gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pt.io.write_results(res, str(tmp))
+    tmp.replace(path)
+    return res
 
 
 def train_mnrl(args, data: dict, collections: Collections) -> tuple[object, str, dict]:
@@ -100,13 +143,20 @@ def train_mnrl(args, data: dict, collections: Collections) -> tuple[object, str,
     dev_qrels = data["qrels"][data["qrels"]["qid"].isin(data["dev"]["qid"])]  # else other topics count as 0
     runs, best = [], None
     for lr in args.lrs:
-        path, info = baselines.train_mnrl(args, data, lr)
+        record = args.work / "models" / f"mnrl-lr{lr:g}.json"
+        if record.exists():  # trained and validated by an earlier invocation
+            path, info = str(record.with_suffix("")), json.loads(record.read_text())
+        else:
+            collections.forget(f"mnrl-lr{lr:g}")
+            path, info = baselines.train_mnrl(args, data, lr)
         model = SBertBiEncoder(path, batch_size=args.batch_size)
         model.model.max_seq_length = args.max_length
         doc_key = f"mnrl-lr{lr:g}"
-        index = collections.index(doc_key, model, args.train)
-        dev_run = (model.query_encoder() >> index.scorer())(data["dev"][["qid", "query", "docno"]])
-        info["dev_score"] = pt.Evaluate(dev_run, dev_qrels, metrics=[nDCG @ 10])["nDCG@10"]
+        if "dev_score" not in info:
+            index = collections.index(doc_key, model, args.train)
+            dev_run = (model.query_encoder() >> index.scorer())(data["dev"][["qid", "query", "docno"]])
+            info["dev_score"] = pt.Evaluate(dev_run, dev_qrels, metrics=[nDCG @ 10])["nDCG@10"]
+            common.write_json(record, info)
         runs.append(info)
         logger.info("mnrl lr=%g: dev nDCG@10=%.4f", lr, info["dev_score"])
         if best is None or info["dev_score"] > best[2]["dev_score"]:
@@ -114,25 +164,65 @@ def train_mnrl(args, data: dict, collections: Collections) -> tuple[object, str,
     return best[0], best[1], {"utility": "nDCG@10", "chosen": best[2], "runs": runs}
 
 
+def load_trained(args, system: str, record: dict):
+    """The model an earlier invocation trained for ``system``, from the folder its record names."""
+    from pyterrier_dr import SBertBiEncoder
+
+    from pyterrier_pgrank import PGRankBiEncoder, PGRankCrossEncoder
+
+    path = record["path"]
+    if system == "mnrl":
+        model = SBertBiEncoder(path, batch_size=args.batch_size)
+        model.model.max_seq_length = args.max_length
+        return model
+    if system.startswith("ce-"):
+        return PGRankCrossEncoder.from_pretrained(path, max_length=args.max_length, batch_size=args.batch_size)
+    return PGRankBiEncoder.from_pretrained(path, max_length=args.max_length, batch_size=args.batch_size)
+
+
 def train_systems(args, data: dict, collections: Collections) -> tuple[list, dict, dict]:
-    """Trains the selected systems; returns bi-encoders ``(label, model, doc_key)``, cross-encoders, report."""
+    """Trains the selected systems; returns bi-encoders ``(label, model, doc_key)``, cross-encoders, report.
+
+    A system trained by an earlier invocation with the same settings is loaded from the work folder.
+    """
     biencoders, cross, report = [], {}, {"train_seconds": {}, "training": {}}
     for system in args.systems:
         if system in ("bm25", "zeroshot"):
             continue
-        start = time.perf_counter()
-        if system == "mnrl":
-            model, doc_key, info = train_mnrl(args, data, collections)
-            biencoders.append((tables.system_label(system, args.label), model, doc_key))
-        elif system.startswith("ce-"):
-            cross[tables.system_label(system, args.label)], info = baselines.train_cross_encoder(args, system, data)
+        label = tables.system_label(system, args.label)
+        record_path = args.work / "trained" / f"{system}.json"
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            model = load_trained(args, system, record)
+            logger.info("%s: trained earlier, loaded from %s", system, record["path"])
         else:
-            zero_shot = collections.index("zeroshot", None, args.train)
-            model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
-            doc_key = "zeroshot" if model.train_towers == "query" else system  # query tower: documents unchanged
-            biencoders.append((tables.system_label(system, args.label), model, doc_key))
-        report["train_seconds"][system] = time.perf_counter() - start  # the learning-rate sweep included
-        report["training"][system] = info
+            collections.forget(system)
+            for name in (f"BM25 >> {label}", f"{label} dense"):  # rankings by an earlier model of the system
+                for stale in (args.work / "runs").glob(f"*/{common.safe_name(name)}.res.gz"):
+                    stale.unlink()
+            start = time.perf_counter()
+            if system == "mnrl":
+                model, doc_key, info = train_mnrl(args, data, collections)
+                path = args.work / "models" / doc_key  # sentence-transformers saved it there
+            else:
+                if system.startswith("ce-"):
+                    model, info = baselines.train_cross_encoder(args, system, data)
+                    doc_key = None
+                else:
+                    zero_shot = collections.index("zeroshot", None, args.train)
+                    model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
+                    doc_key = "zeroshot" if model.train_towers == "query" else system  # documents unchanged
+                path = args.work / "models" / system
+                model.save(path)
+            record = {"path": str(path), "doc_key": doc_key, "info": info,
+                      "seconds": time.perf_counter() - start}  # the learning-rate sweep included
+            common.write_json(record_path, record)
+        if system.startswith("ce-"):
+            cross[label] = model
+        else:
+            biencoders.append((label, model, record["doc_key"]))
+        report["train_seconds"][system] = record["seconds"]
+        report["training"][system] = record["info"]
     return biencoders, cross, report
 
 
@@ -157,16 +247,20 @@ def run(args) -> dict:
     # evaluate every system on the evaluation collection, then out of domain
     for name in [args.eval, *args.ood]:
         dataset = collections.datasets[name]
-        pipelines = {"BM25": collections.bm25(name)}
+        pipelines = {"BM25": lambda name=name: collections.bm25(name)}
         if "zeroshot" in args.systems:
             pipelines.update(biencoder_pipelines(f"{args.label} zero-shot", zeroshot, "zeroshot", collections, name))
         for label, model, doc_key in biencoders:
             pipelines.update(biencoder_pipelines(label, model, doc_key, collections, name))
         for label, model in cross.items():
-            pipelines[f"BM25 >> {label}"] = collections.bm25(name, args.ce_depth) >> collections.text(name) >> model
+            pipelines[f"BM25 >> {label}"] = (lambda name=name, model=model:
+                                             collections.bm25(name, args.ce_depth) >> collections.text(name) >> model)
         start = time.perf_counter()
-        table = pt.Experiment(list(pipelines.values()), dataset.topics, dataset.qrels, measures(),
-                              names=list(pipelines), baseline=0, correction="holm", round=4, validate="ignore")
+        folder = args.work / "runs" / common.safe_name(name)
+        runs = [stored_run(folder / f"{common.safe_name(system)}.res.gz", build, dataset.topics)
+                for system, build in pipelines.items()]
+        table = pt.Experiment(runs, dataset.topics, dataset.qrels, measures(), names=list(pipelines),
+                              baseline=0, correction="holm", round=4, validate="ignore")
         report.setdefault("eval_seconds", {})[name] = time.perf_counter() - start
         report.setdefault("results", {})[name] = table.to_dict(orient="records")
         names = [str(m) for m in measures()]
@@ -203,11 +297,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ce-lr", type=float, default=2e-5)
     parser.add_argument("--max-train-queries", type=int, default=None, help="cap on training topics (budget)")
     parser.add_argument("--max-dev-queries", type=int, default=None, help="cap on dev topics (budget)")
-    parser.add_argument("--work", type=Path, default=None, help="models and indexes (default: the cache folder)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="models, indexes and rankings (default: a folder of the cache named after the settings)")
+    parser.add_argument("--fresh", action="store_true", help="discard what an earlier run with these settings stored")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "effectiveness.json")
     parser.add_argument("--report", type=Path, nargs="+", default=None,
                         help="print the Markdown tables of these results files instead of running")
     return parser.parse_args(argv)
+
+
+TRAINING_SETTINGS = ("train", "model", "dev_fraction", "seed", "depth", "max_length", "epochs", "max_steps",
+                     "queries_per_step", "n_samples", "lrs", "eval_every", "patience", "temperature",
+                     "mnrl_negatives", "both_depth", "ce_depth", "ce_lr", "max_train_queries", "max_dev_queries")
+
+
+def settings_digest(args) -> str:
+    """A folder name for the settings that change what is trained (not the systems, collections or output)."""
+    settings = {name: getattr(args, name) for name in TRAINING_SETTINGS}
+    return "run-" + hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def main(argv=None) -> None:
@@ -221,7 +328,10 @@ def main(argv=None) -> None:
         return
     args.label = "MiniLM" if args.model is None else Path(args.model).name
     args.model = args.model or common.minilm_path()
-    args.work = args.work or default_cache_dir() / "benchmarks"
+    args.work = args.work or default_cache_dir() / "benchmarks" / settings_digest(args)
+    if args.fresh and args.work.exists():
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run(args)
 

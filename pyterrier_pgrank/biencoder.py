@@ -23,7 +23,7 @@ from pyterrier_dr import BiEncoder
 from .biencoder_training import BiEncoderTrainingHooks
 from .settings import TrainingSettings
 from .text_encoder import TextEncoder
-from .training import PGRankEstimator
+from .training import PGRankEstimator, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,13 @@ class PGRankBiEncoder(BiEncoderTrainingHooks, BiEncoder, PGRankEstimator):
         return self.query_tower.encode(list(texts), batch_size or self.batch_size)
 
     def encode_queries(self, texts: Iterable[str], batch_size: int | None = None) -> np.ndarray:
-        """Embeds queries; ``[Q, D]`` float32 array."""
-        with torch.no_grad():
+        """Embeds queries in eval mode (dropout off, whatever the tower's mode); ``[Q, D]`` float32 array."""
+        with torch.no_grad(), eval_mode(self.query_tower):
             return self.encode_queries_torch(list(texts), batch_size).cpu().numpy()
 
     def encode_docs(self, texts: Iterable[str], batch_size: int | None = None) -> np.ndarray:
-        """Embeds documents with the document tower; ``[N, D]`` float32 array."""
-        with torch.no_grad():
+        """Embeds documents with the document tower in eval mode; ``[N, D]`` float32 array."""
+        with torch.no_grad(), eval_mode(self.document_tower):
             return self.document_tower.encode(list(texts), batch_size or self.batch_size).cpu().numpy()
 
     # ---- saving ----------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Shape legend: ``Q`` queries, ``N`` candidates per query (padded), ``P`` (query, 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from pyterrier_pgrank.settings import TrainingSettings
-from pyterrier_pgrank.training import PGRankEstimator
+from pyterrier_pgrank.training import PGRankEstimator, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +52,6 @@ def _load_hf(name_or_path: str | os.PathLike, trust_remote_code: bool) -> tuple[
         )
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     return model, tokenizer
-
-
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Switches ``module`` to eval mode (dropout off) and restores its previous mode on exit."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class PGRankCrossEncoder(PGRankEstimator):
@@ -167,7 +155,7 @@ class PGRankCrossEncoder(PGRankEstimator):
             ``[P]`` float32 scores on the CPU.
         """
         scores = torch.empty(len(queries))
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for chunk in self._chunks(len(queries), desc=repr(self)):
                 scores[chunk] = self._pair_scores(queries[chunk], texts[chunk]).cpu()
         return scores
@@ -207,7 +195,7 @@ class PGRankCrossEncoder(PGRankEstimator):
         """Scores every real candidate of ``batch`` without a graph: returns ``[Q, N]``, 0 at padding."""
         index, queries, texts = self._batch_pairs(batch)
         scores = torch.zeros(batch.mask.shape, device=self.device)  # [Q, N]
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for chunk in self._chunks(len(queries)):
                 rows = index[chunk].to(self.device)
                 scores[rows[:, 0], rows[:, 1]] = self._pair_scores(queries[chunk], texts[chunk])
@@ -231,7 +219,7 @@ class PGRankCrossEncoder(PGRankEstimator):
         index, queries, texts = self._batch_pairs(batch)
         weights = doc_weights.detach().to(self.device)[index[:, 0], index[:, 1]]  # [P]
         keep = (weights != 0).nonzero().squeeze(1).tolist()
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for chunk in self._chunks(len(keep)):
                 pairs = keep[chunk]
                 scores = self._pair_scores([queries[i] for i in pairs], [texts[i] for i in pairs])  # [P]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,17 @@ from pyterrier_pgrank.validation import Validator
 logger = logging.getLogger(__name__)
 
 __all__ = ["PGRankEstimator", "Trainer", "TrainingSettings", "TrainingHistory"]
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Switches ``module`` to eval mode (dropout off) and restores its previous mode on exit."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class PGRankEstimator(pt.Estimator):
@@ -127,6 +138,7 @@ class Trainer:
             The :class:`TrainingHistory` (also written to ``checkpoint_dir`` when set).
         """
         s, dist = self.settings, self.dist
+        was_training = self.module.training  # restored at the end: a model in eval mode stays in eval mode
         if len(train_sets) == 0:
             raise ValueError("the training set is empty: expected at least one query with candidates")
         if s.queries_per_step < dist.world_size:
@@ -151,7 +163,6 @@ class Trainer:
         stop = self.history.stopped_early
         pbar = pt.tqdm(total=total, initial=step, desc="pgrank", unit="step", disable=not self.verbose)
         self._bar: dict[str, float] = {}
-        was_training = self.module.training
         self.module.train()
 
         while step < total and not stop:
@@ -251,9 +262,8 @@ class Trainer:
 
     def _validate(self, validator: Validator, step: int) -> bool:
         """Validates, keeps the weights when they are the best so far; returns whether to stop early."""
-        self.module.eval()
-        score = validator.evaluate()
-        self.module.train()
+        with eval_mode(self.module):
+            score = validator.evaluate()
         self.history.valid.append({"step": step, "score": score})
         best = self.best
         if score > best["score"]:

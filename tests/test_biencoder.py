@@ -193,6 +193,25 @@ def test_pipeline_fit_trains_on_the_candidates_in_front(tiny_bert):
     assert set(model._doc_rows) == set(res["docno"])  # each candidate cached once, nothing else
 
 
+@pytest.mark.parametrize("towers", ["query", "both"])
+def test_model_after_validated_fit_scores_in_eval_mode(tiny_bert, tmp_path, towers):
+    """Dropout is off after fit (the towers go back to eval mode) and at inference whatever the mode."""
+    model = PGRankBiEncoder.from_pretrained(tiny_bert, train_towers=towers)
+    assert model.query_tower.transformer.config.hidden_dropout_prob > 0  # else the test could not fail
+    res, qrels = word_task(8, "t", seed=9, n_candidates=5)
+    model.fit(res, qrels, res, qrels, max_steps=2, eval_every=1, queries_per_step=4, lr=1e-2, warmup=0)
+    assert not model.query_tower.training and not model.document_tower.training
+    queries, texts = res["query"].unique().tolist(), res["text"].tolist()
+    expected = model.encode_queries(queries) @ model.encode_docs(texts).T
+    reloaded = PGRankBiEncoder.from_pretrained(model.save(tmp_path / "saved"))
+    np.testing.assert_allclose(reloaded.encode_queries(queries) @ reloaded.encode_docs(texts).T, expected,
+                               rtol=1e-5, atol=1e-5)
+    model.query_tower.train()
+    model.document_tower.train()
+    np.testing.assert_allclose(model.encode_queries(queries) @ model.encode_docs(texts).T, expected,
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("trained", [False, True])
 def test_save_round_trip_gives_identical_scores(tiny_bert, tmp_path, trained):
     from sentence_transformers import SentenceTransformer

@@ -215,6 +215,13 @@ def test_pipeline_fit_learns_task(tiny_bert_dir):
     assert len(ranker.training_history.train) > 0
 
 
+def test_validated_fit_leaves_the_model_in_eval_mode(tiny_bert_dir):
+    train, train_qrels = _learnable_task(4, seed=3)
+    ranker = _model(tiny_bert_dir)
+    ranker.fit(train, train_qrels, train, train_qrels, max_steps=1, eval_every=1, queries_per_step=4)
+    assert not ranker.model.training
+
+
 def test_fit_pointwise_step_matches_manual_bce_step(tiny_bert_dir):
     frame, qrels = _learnable_task(2, seed=3)
     settings = {"lr": 1e-3, "max_steps": 1, "queries_per_step": 2, "warmup": 0, "max_grad_norm": None}
