@@ -170,7 +170,7 @@ def load_trained(args, system: str, record: dict):
 
     from pyterrier_pgrank import PGRankBiEncoder, PGRankCrossEncoder
 
-    path = record["path"]
+    path = str(args.work / record["path"])
     if system == "mnrl":
         model = SBertBiEncoder(path, batch_size=args.batch_size)
         model.model.max_seq_length = args.max_length
@@ -191,8 +191,8 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
             continue
         label = tables.system_label(system, args.label)
         record_path = args.work / "trained" / f"{system}.json"
-        if record_path.exists():
-            record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        if record is not None and record.get("settings") == system_settings(args, system):
             model = load_trained(args, system, record)
             logger.info("%s: trained earlier, loaded from %s", system, record["path"])
         else:
@@ -214,8 +214,9 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
                     doc_key = "zeroshot" if model.train_towers == "query" else system  # documents unchanged
                 path = args.work / "models" / system
                 model.save(path)
-            record = {"path": str(path), "doc_key": doc_key, "info": info,
-                      "seconds": time.perf_counter() - start}  # the learning-rate sweep included
+            record = {"path": str(path.relative_to(args.work)), "doc_key": doc_key, "info": info,
+                      "seconds": time.perf_counter() - start,  # the learning-rate sweep included
+                      "settings": system_settings(args, system)}
             common.write_json(record_path, record)
         if system.startswith("ce-"):
             cross[label] = model
@@ -306,13 +307,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Settings that change what every trained system learns; those of one family only are in SYSTEM_SETTINGS.
 TRAINING_SETTINGS = ("train", "model", "dev_fraction", "seed", "depth", "max_length", "epochs", "max_steps",
                      "queries_per_step", "n_samples", "lrs", "eval_every", "patience", "temperature",
-                     "mnrl_negatives", "both_depth", "ce_depth", "ce_lr", "max_train_queries", "max_dev_queries")
+                     "mnrl_negatives", "max_train_queries", "max_dev_queries")
+SYSTEM_SETTINGS = {"pg-both": ("both_depth",), "ce": ("ce_depth", "ce_lr")}
+
+
+def system_settings(args, system: str) -> dict:
+    """The settings of ``system``'s own family (e.g. ``both_depth`` for both-towers PG-Rank), or ``{}``.
+
+    A model trained with other values of these is trained again; the rest of the run's models are kept.
+    """
+    family = "pg-both" if system.startswith("pg-both") else system.split("-")[0]
+    return {name: getattr(args, name) for name in SYSTEM_SETTINGS.get(family, ())}
 
 
 def settings_digest(args) -> str:
-    """A folder name for the settings that change what is trained (not the systems, collections or output)."""
+    """A folder name for the settings that change what every system learns (not systems, collections, output)."""
     settings = {name: getattr(args, name) for name in TRAINING_SETTINGS}
     return "run-" + hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
