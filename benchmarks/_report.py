@@ -88,12 +88,14 @@ def effectiveness_markdown(data: dict) -> str:
         out += [f"### {collection}" + (f" (evaluated in {seconds:.0f} s)" if seconds else ""), "",
                 experiment_markdown(table, measures), ""]
     if data.get("training"):
-        out += ["| system | learning rate (chosen on dev) | best dev score | at step | training s (all runs) |",
-                "|---|---:|---:|---:|---:|"]
+        out += ["| system | learning rate (chosen on dev) | best dev score | at step | training s (chosen run) "
+                "| training s (all learning rates, with selection) |", "|---|---:|---:|---:|---:|---:|"]
         for system, info in data["training"].items():
             chosen = info.get("chosen", info)
             score, step = chosen.get("dev_score"), chosen.get("best_step")
+            seconds = chosen.get("seconds")
             out.append(f"| {system_label(system, label)} | {chosen.get('lr', '-'):g} | "
                        + (f"{score:.4f} | {'end' if step is None else step}" if score is not None else "- | -")
+                       + (f" | {seconds:.0f}" if seconds is not None else " | -")
                        + f" | {data['train_seconds'][system]:.0f} |")
     return "\n".join(out)

@@ -200,7 +200,8 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
             for name in (f"BM25 >> {label}", f"{label} dense"):  # rankings by an earlier model of the system
                 for stale in (args.work / "runs").glob(f"*/{common.safe_name(name)}.res.gz"):
                     stale.unlink()
-            start = time.perf_counter()
+            zero_shot = collections.index("zeroshot", None, args.train) if system.startswith("pg-query") else None
+            start = time.perf_counter()  # after the zero-shot index, which every query-tower model shares
             if system == "mnrl":
                 model, doc_key, info = train_mnrl(args, data, collections)
                 path = args.work / "models" / doc_key  # sentence-transformers saved it there
@@ -209,7 +210,6 @@ def train_systems(args, data: dict, collections: Collections) -> tuple[list, dic
                     model, info = baselines.train_cross_encoder(args, system, data)
                     doc_key = None
                 else:
-                    zero_shot = collections.index("zeroshot", None, args.train)
                     model, info = baselines.train_pgrank_biencoder(args, system, data, zero_shot)
                     doc_key = "zeroshot" if model.train_towers == "query" else system  # documents unchanged
                 path = args.work / "models" / system

@@ -30,11 +30,12 @@ def test_effectiveness_markdown_relabels_old_names_and_marks_significance():
                                _row("MiniLM pg-query-reinforce-rr10 dense", 0.55, p_corrected=0.2)]},
         "eval_seconds": {"irds:x": 12.0},
         "training": {"pg-query-reinforce": {"chosen": {"lr": 1e-4, "dev_score": 0.7, "best_step": 40}},
-                     "pg-query-reinforce-rr10": {"chosen": {"lr": 2e-5, "dev_score": 0.65, "best_step": 20}}},
+                     "pg-query-reinforce-rr10": {"chosen": {"lr": 2e-5, "dev_score": 0.65, "best_step": 20,
+                                                              "seconds": 40.0}}},
         "train_seconds": {"pg-query-reinforce": 100.0, "pg-query-reinforce-rr10": 90.0},
     }
     text = report.effectiveness_markdown(data)
     assert "### irds:x (evaluated in 12 s)" in text
     assert "| BM25 >> MiniLM PG-Rank nDCG@10 (query tower, reinforce) | 0.6000* |" in text
     assert "| MiniLM PG-Rank RR@10 (query tower, reinforce) dense | 0.5500 |" in text
-    assert "| MiniLM PG-Rank RR@10 (query tower, reinforce) | 2e-05 | 0.6500 | 20 | 90 |" in text
+    assert "| MiniLM PG-Rank RR@10 (query tower, reinforce) | 2e-05 | 0.6500 | 20 | 40 | 90 |" in text
