@@ -309,9 +309,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # Settings that change what every trained system learns; those of one family only are in SYSTEM_SETTINGS.
 TRAINING_SETTINGS = ("train", "model", "dev_fraction", "seed", "depth", "max_length", "epochs", "max_steps",
-                     "queries_per_step", "n_samples", "lrs", "eval_every", "patience", "temperature",
+                     "queries_per_step", "n_samples", "eval_every", "patience", "temperature",
                      "mnrl_negatives", "max_train_queries", "max_dev_queries")
-SYSTEM_SETTINGS = {"pg-both": ("both_depth",), "ce": ("ce_depth", "ce_lr")}
+SYSTEM_SETTINGS = {"pg-query": ("lrs",), "pg-both": ("lrs", "both_depth"), "mnrl": ("lrs",),
+                   "ce": ("ce_depth", "ce_lr")}
 
 
 def system_settings(args, system: str) -> dict:
@@ -319,7 +320,7 @@ def system_settings(args, system: str) -> dict:
 
     A model trained with other values of these is trained again; the rest of the run's models are kept.
     """
-    family = "pg-both" if system.startswith("pg-both") else system.split("-")[0]
+    family = "-".join(system.split("-")[:2]) if system.startswith("pg-") else system.split("-")[0]
     return {name: getattr(args, name) for name in SYSTEM_SETTINGS.get(family, ())}
 
 

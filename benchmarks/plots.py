@@ -23,11 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from _report import system_label  # noqa: E402
 
 
-def _finish(fig, ax, path: Path, ylabel: str) -> None:
+def _finish(fig, ax, path: Path, ylabel: str, legend_outside: bool = False) -> None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend_outside:  # many lines: the legend beside the axes, not over the curves
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -35,17 +38,19 @@ def _finish(fig, ax, path: Path, ylabel: str) -> None:
 
 def dev_curves(effectiveness: Path, path: Path) -> None:
     """One line per (system, learning rate), dev score against step; the chosen run drawn solid."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.6))
     data = json.loads(effectiveness.read_text())
-    for system, info in data.get("training", {}).items():
+    colours = plt.get_cmap("tab10").colors
+    for i, (system, info) in enumerate(data.get("training", {}).items()):  # one colour per system
         chosen = info.get("chosen", {}).get("lr")
         runs = [run for run in info.get("runs", [info]) if "dev_curve" in run]  # MNRL has no curve
         for run in runs:
             steps = [point["step"] for point in run["dev_curve"]]
             scores = [point["score"] for point in run["dev_curve"]]
             style = "-" if run["lr"] == chosen or len(runs) == 1 else ":"
-            ax.plot(steps, scores, style, marker=".", label=f"{system_label(system, '').strip()}, lr {run['lr']:g}")
-    _finish(fig, ax, path, "dev score (each model's training utility)")
+            ax.plot(steps, scores, style, marker=".", color=colours[i % len(colours)],
+                    label=f"{system_label(system, '').strip()}, lr {run['lr']:g}")
+    _finish(fig, ax, path, "dev score (each model's training utility)", legend_outside=True)
 
 
 def rerank_dev_curves(folder: Path, path: Path) -> None:
