@@ -18,9 +18,10 @@ is the untouched MiniLM), which serves both BM25 re-ranking (``index.scorer()``)
 A run can be stopped and started again: every trained model is saved in the work folder with a record of
 its training, and every system's ranking of each collection is written there as a TREC run file, so a
 second invocation with the same settings trains and ranks only what is missing (``--fresh`` starts over).
-The work folder is named after the settings that change what is trained, so a run with other settings
-never picks up these models. Significance tests always compare the systems of one invocation side by side
-on the same topics, wherever their rankings were computed.
+The work folder is named after the settings every system shares, so a run with other such settings never
+picks up these models; a model whose own family's settings (learning rates, candidate depths) changed is
+trained again, and its rankings computed again. Significance tests always compare the systems of one
+invocation side by side on the same topics, wherever their rankings were computed.
 
 Example: ``python benchmarks/effectiveness.py --systems bm25 zeroshot pg-query-plrank``.
 """
@@ -89,7 +90,7 @@ class Collections:
         return self.args.work / "indexes" / f"{doc_key}-{common.safe_name(corpus_id)}"
 
     def forget(self, doc_key: str) -> None:
-        """Deletes the indexes and stored rankings of a document tower about to be trained (again)."""
+        """Deletes the indexes of a document tower about to be trained (again)."""
         for dataset in self.datasets.values():
             self._indexes.pop((doc_key, dataset.corpus_id), None)
             shutil.rmtree(self._index_path(doc_key, dataset.corpus_id), ignore_errors=True)
